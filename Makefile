@@ -1,0 +1,67 @@
+# One entry point for every job. Each target depends on `setup`, so a fresh clone needs
+# nothing typed before `make run` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+MODEL := model_store/mnist_cnn.pt
+
+.PHONY: setup data train archive train-and-archive serve stop ui run test lint format bench clean
+
+setup: $(SETUP_STAMP)
+
+# Re-installs only when pyproject.toml changed, so a second `make setup` takes no time.
+$(SETUP_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+data: setup
+	$(PY) -m training.data
+
+train: setup
+	$(PY) -m training --mode both
+
+archive: setup
+	$(PY) -m serving.archive
+
+# Trains only when no model exists yet, or when asked with FORCE=1.
+train-and-archive: setup
+	@if [ "$(FORCE)" = "1" ] || [ ! -f $(MODEL) ]; then \
+		$(PY) -m training --mode both; \
+	else \
+		echo "Using the trained model in $(MODEL) (FORCE=1 retrains)."; \
+	fi
+	$(PY) -m serving.archive
+
+serve: setup
+	$(PY) -m serving.server start
+
+stop: setup
+	$(PY) -m serving.server stop
+
+ui: setup
+	$(PY) -m client_ui
+
+# Starts TorchServe, then the app in the foreground; Ctrl-C stops both.
+run: train-and-archive
+	$(PY) -m serving.server start
+	trap '$(PY) -m serving.server stop' EXIT; $(PY) -m client_ui
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: setup
+	$(PY) -m serving.benchmark $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache
