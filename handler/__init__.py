@@ -1,0 +1,1 @@
+"""TorchServe handler for MNIST and the one preprocessing module shared by every part."""

@@ -30,6 +30,7 @@ class Settings:
     management_url: str
     metrics_url: str
     grpc_target: str
+    grpc_management_target: str
     key_file: Path
     request_timeout_s: float
     database_url: str
@@ -86,6 +87,7 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
         management_url=env.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081").rstrip("/"),
         metrics_url=env.get("TS_METRICS_URL", "http://127.0.0.1:8082").rstrip("/"),
         grpc_target=env.get("TS_GRPC_TARGET", "127.0.0.1:7070"),
+        grpc_management_target=env.get("TS_GRPC_MANAGEMENT_TARGET", "127.0.0.1:7071"),
         key_file=_path(env, "TS_KEY_FILE", "key_file.json"),
         request_timeout_s=float(env.get("TS_REQUEST_TIMEOUT", "10")),
         database_url=_database_url(env, data_dir),

@@ -1,0 +1,260 @@
+"""The drawing page: draw a digit, see the live prediction, confirm the true label."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from nicegui import run, ui
+
+from client_ui.canvas import DrawingCanvas, Snapshot
+from client_ui.images import data_url, model_view_png
+from client_ui.layout import page_frame, testid
+from client_ui.models import utc_now
+from client_ui.outbox import PredictionDraft
+from client_ui.services import AppServices
+from handler.preprocessing import InvalidInputError
+from serving.client import InputRejectedError, TorchServeError
+
+log = logging.getLogger(__name__)
+
+#: On the 280 px canvas this becomes about MNIST's 2-3 px stroke once scaled to 28x28.
+DEFAULT_STROKE_WIDTH = 24
+EMPTY_HINT = "Draw a digit (0-9) in the box; the prediction follows every stroke."
+NOTHING_DRAWN_HINT = "The canvas is empty: draw a digit first."
+PENDING_TEXT = (
+    "Not saved yet: the database is unreachable. "
+    "The prediction is kept and will be saved automatically when the database is back."
+)
+
+
+def register(services: AppServices) -> None:
+    @ui.page("/")
+    def draw_page() -> None:
+        DrawPage(services)
+
+
+class DrawPage:
+    """One browser tab's drawing session; each new drawing gets its own key (and row)."""
+
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+        self.draft: PredictionDraft | None = None
+        self.drawing_key = uuid.uuid4().hex
+        self.last_png: bytes | None = None
+        self.sequence = 0
+        self.waiting_for_database = False
+        page_frame("/")
+        with ui.row().classes("w-full justify-center items-start gap-10 p-4"):
+            self._build_drawing_column()
+            self._build_result_column()
+        ui.timer(2.0, self._check_pending_save)
+
+    def _build_drawing_column(self) -> None:
+        with ui.column().classes("items-center gap-2"):
+            self.canvas = DrawingCanvas(
+                stroke_width=DEFAULT_STROKE_WIDTH, on_stroke=self.on_drawing_changed
+            )
+            testid(self.canvas, "canvas")
+            with ui.row().classes("items-center gap-3"):
+                ui.label("Stroke width")
+                slider = ui.slider(min=6, max=40, step=2, value=DEFAULT_STROKE_WIDTH)
+                slider.on_value_change(lambda event: self.canvas.set_stroke_width(event.value))
+                testid(slider.classes("w-32"), "stroke-width")
+                testid(ui.button("Undo", icon="undo", on_click=self.undo), "undo-button")
+                testid(ui.button("Clear", icon="clear", on_click=self.clear), "clear-button")
+            self.hint = testid(ui.label(EMPTY_HINT).classes("text-gray-600"), "hint")
+
+    def _build_result_column(self) -> None:
+        with ui.column().classes("gap-3 w-[460px]"):
+            self._build_server_banner()
+            with ui.row().classes("items-end gap-6"):
+                with ui.column().classes("items-center gap-0"):
+                    ui.label("Prediction").classes("text-sm text-gray-500")
+                    self.digit_label = ui.label("–").classes("text-7xl font-bold")
+                    testid(self.digit_label, "predicted-digit")
+                with ui.column().classes("gap-0"):
+                    ui.label("Confidence").classes("text-sm text-gray-500")
+                    self.confidence_label = testid(ui.label("–").classes("text-2xl"), "confidence")
+                with ui.column().classes("items-center gap-0"):
+                    ui.label("What the model saw").classes("text-sm text-gray-500")
+                    self.model_view = ui.image().classes("w-28 h-28 bg-black")
+                    self.model_view.style("image-rendering: pixelated")
+                    testid(self.model_view, "model-view")
+            self.chart = testid(ui.echart(_chart_options([0.0] * 10)), "probabilities")
+            self.chart.classes("w-[360px] h-48")
+            ui.label("Click the digit you drew to confirm or correct it:").classes("text-sm")
+            with ui.row().classes("gap-1"):
+                self.label_buttons = [
+                    testid(
+                        ui.button(str(digit), on_click=lambda _, d=digit: self.confirm_label(d)),
+                        f"label-{digit}",
+                    ).props("outline")
+                    for digit in range(10)
+                ]
+            self.details = ui.label("").classes("text-xs text-gray-500")
+            self.save_status = testid(ui.label("").classes("text-sm"), "save-status")
+
+    def _build_server_banner(self) -> None:
+        with ui.card().classes("w-full bg-red-100 border border-red-400") as self.server_banner:
+            ui.label("The model server is not reachable.").classes("font-bold text-red-800")
+            self.server_error = ui.label("").classes("text-sm text-red-800")
+            ui.label("Your drawing is kept: retry once the server is back.").classes("text-sm")
+            testid(ui.button("Retry", icon="refresh", on_click=self.retry), "retry-button")
+        testid(self.server_banner, "server-banner").set_visibility(False)
+
+    async def on_drawing_changed(self, snapshot: Snapshot) -> None:
+        if snapshot.is_empty:
+            self.last_png = None
+            self._start_new_drawing(NOTHING_DRAWN_HINT)
+            return
+        self.last_png = snapshot.png
+        await self.predict(snapshot.png)
+
+    async def undo(self) -> None:
+        await self.on_drawing_changed(await self.canvas.undo())
+
+    def clear(self) -> None:
+        self.canvas.clear()
+        self.last_png = None
+        self._start_new_drawing(EMPTY_HINT)
+
+    async def retry(self) -> None:
+        if self.last_png is None:
+            self.hint.set_text(NOTHING_DRAWN_HINT)
+            return
+        await self.predict(self.last_png)
+
+    async def predict(self, png: bytes) -> None:
+        """Ask TorchServe, show the answer, save it; a newer stroke overrides an older answer."""
+        self.sequence += 1
+        sequence = self.sequence
+        self.hint.set_text("Predicting…")
+        started = time.perf_counter()
+        try:
+            answer = await run.io_bound(self.services.model_client.predict, png)
+        except InputRejectedError as error:
+            if sequence == self.sequence:
+                self.hint.set_text(f"The model server refused this drawing: {error.message}")
+            return
+        except TorchServeError as error:
+            if sequence == self.sequence:
+                self._show_server_down(error)
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        if sequence != self.sequence:
+            return
+        self.server_banner.set_visibility(False)
+        self.hint.set_text("Keep drawing, or click the true label below.")
+        self.draft = _draft_from_answer(self.drawing_key, answer, png, latency_ms)
+        self._show_answer(self.draft, answer)
+        await self._show_model_view(png)
+        await self._save(self.draft)
+
+    async def confirm_label(self, digit: int) -> None:
+        if self.draft is None:
+            self.hint.set_text("Draw a digit first, then click what it really is.")
+            return
+        self.draft = replace(self.draft, true_label=digit)
+        self._highlight_label(digit)
+        await self._save(self.draft)
+
+    async def _save(self, draft: PredictionDraft) -> None:
+        saved = await run.io_bound(self.services.store.save, draft)
+        self.waiting_for_database = not saved
+        self._show_save_status(draft)
+
+    def _check_pending_save(self) -> None:
+        """Tell the person once the outbox has delivered their drawing."""
+        if not self.waiting_for_database or self.draft is None:
+            return
+        if not self.services.store.is_pending(self.draft.key):
+            self.waiting_for_database = False
+            self._show_save_status(self.draft)
+
+    def _show_save_status(self, draft: PredictionDraft) -> None:
+        if self.waiting_for_database:
+            self.save_status.set_text(PENDING_TEXT)
+            self.save_status.classes(replace="text-sm text-orange-700 font-bold")
+            return
+        row_id = self.services.store.row_id(draft.key)
+        labelled = "" if draft.true_label is None else f", true label {draft.true_label}"
+        self.save_status.set_text(f"Saved as #{row_id}{labelled}.")
+        self.save_status.classes(replace="text-sm text-green-700")
+
+    def _show_server_down(self, error: Exception) -> None:
+        log.warning("prediction failed: %s", error)
+        self.server_error.set_text(_shorten(str(error)))
+        self.server_banner.set_visibility(True)
+        self.hint.set_text("No prediction: the model server is not reachable.")
+
+    def _show_answer(self, draft: PredictionDraft, answer: dict[str, Any]) -> None:
+        self.digit_label.set_text(str(draft.predicted_digit))
+        self.confidence_label.set_text(f"{draft.confidence:.1%}")
+        self.chart.options.update(_chart_options(answer.get("probabilities") or [0.0] * 10))
+        self.chart.update()
+        self.details.set_text(f"model {draft.model_version} · {draft.latency_ms:.0f} ms round trip")
+        self._highlight_label(None)
+
+    async def _show_model_view(self, png: bytes) -> None:
+        try:
+            view = await run.io_bound(model_view_png, png)
+        except InvalidInputError:
+            self.model_view.set_source("")
+            return
+        self.model_view.set_source(data_url(view))
+
+    def _highlight_label(self, digit: int | None) -> None:
+        for index, button in enumerate(self.label_buttons):
+            if index == digit:
+                button.props(remove="outline")
+            else:
+                button.props("outline")
+
+    def _start_new_drawing(self, hint: str) -> None:
+        self.sequence += 1
+        self.draft = None
+        self.drawing_key = uuid.uuid4().hex
+        self.waiting_for_database = False
+        self.hint.set_text(hint)
+        self.digit_label.set_text("–")
+        self.confidence_label.set_text("–")
+        self.details.set_text("")
+        self.save_status.set_text("")
+        self.model_view.set_source("")
+        self.chart.options.update(_chart_options([0.0] * 10))
+        self.chart.update()
+        self._highlight_label(None)
+
+
+def _draft_from_answer(
+    key: str, answer: dict[str, Any], png: bytes, latency_ms: float
+) -> PredictionDraft:
+    return PredictionDraft(
+        key=key,
+        timestamp=utc_now(),
+        predicted_digit=int(answer["digit"]),
+        # float32 softmax can overshoot 1 by an ulp; the database's CHECK would refuse it
+        confidence=min(max(float(answer["confidence"]), 0.0), 1.0),
+        image_data=png,
+        model_version=str(answer.get("model_version", "unknown")),
+        latency_ms=latency_ms,
+    )
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _chart_options(probabilities: list[float]) -> dict[str, Any]:
+    return {
+        "animation": False,
+        "grid": {"left": 36, "right": 8, "top": 8, "bottom": 24},
+        "xAxis": {"type": "category", "data": [str(digit) for digit in range(10)]},
+        "yAxis": {"type": "value", "min": 0, "max": 1},
+        "series": [{"type": "bar", "data": [round(float(p), 4) for p in probabilities]}],
+        "tooltip": {"trigger": "axis"},
+    }

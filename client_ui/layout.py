@@ -1,0 +1,24 @@
+"""The frame every page shares: title and navigation."""
+
+from __future__ import annotations
+
+from nicegui import ui
+
+PAGES = [("/", "Draw"), ("/history", "History"), ("/statistics", "Statistics")]
+
+
+def page_frame(active: str) -> None:
+    """Header with links to the three pages; `active` is the current path."""
+    ui.page_title("MNIST digits")
+    with ui.header().classes("items-center gap-6 bg-slate-800"):
+        ui.label("MNIST digits").classes("text-lg font-bold")
+        for path, title in PAGES:
+            link = testid(ui.link(title, path), f"nav-{title.lower()}")
+            link.classes("text-white no-underline")
+            if path == active:
+                link.classes("font-bold underline")
+
+
+def testid(element: ui.element, name: str) -> ui.element:
+    """A stable handle for tests: `data-testid` in the browser, a marker for NiceGUI's user."""
+    return element.props(f'data-testid="{name}"').mark(name)

@@ -1,0 +1,85 @@
+"""App setup: pages, schema at start, the outbox worker, and `ui.run` on 127.0.0.1:8000."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nicegui import app, run, ui
+
+from client_ui import draw, history, statistics
+from client_ui.services import AppServices
+from serving.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+OUTBOX_RETRY_SECONDS = 5.0
+
+
+def create_app(services: AppServices) -> None:
+    """Register the pages and the start/stop work for these services."""
+    register_pages(services)
+    register_lifecycle(services)
+
+
+def register_pages(services: AppServices) -> None:
+    draw.register(services)
+    history.register(services)
+    statistics.register(services)
+
+
+def register_lifecycle(services: AppServices) -> None:
+    """Tables at start (or later, if the database is down), the outbox worker, clean stop."""
+    worker: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        await run.io_bound(services.store.ensure_schema)
+        worker.append(asyncio.create_task(_deliver_outbox(services)))
+
+    async def stop() -> None:
+        for task in worker:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        services.database.dispose()
+
+    app.on_startup(start)
+    app.on_shutdown(stop)
+
+
+async def _deliver_outbox(services: AppServices) -> None:
+    """Retry pending drawings until the database takes them."""
+    while True:
+        await asyncio.sleep(OUTBOX_RETRY_SECONDS)
+        if not services.store.pending_count():
+            continue
+        try:
+            await run.io_bound(services.store.flush)
+        except Exception:
+            log.exception("could not deliver the outbox; retrying later")
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    create_app(AppServices.from_settings(settings))
+    print(f"MNIST drawing app: http://{settings.ui_host}:{settings.ui_port}", flush=True)
+    # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: end quietly with 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        ui.run(
+            host=settings.ui_host,
+            port=settings.ui_port,
+            title="MNIST digits",
+            reload=False,
+            show=False,
+            show_welcome_message=False,
+        )
+
+
+if __name__ in {"__main__", "__mp_main__"}:
+    main()

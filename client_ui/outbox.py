@@ -1,0 +1,90 @@
+"""Predictions the database did not take yet, kept on disk until it is back.
+
+One JSON file per drawing (keyed by the drawing's id), so a restart of the app loses nothing
+and a newer snapshot of the same drawing simply replaces the older one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class PredictionDraft:
+    """The current state of one drawing: what goes into its `predictions` row."""
+
+    key: str
+    timestamp: datetime
+    predicted_digit: int
+    confidence: float
+    image_data: bytes
+    model_version: str
+    latency_ms: float
+    true_label: int | None = None
+
+    def row_values(self) -> dict[str, Any]:
+        values = asdict(self)
+        del values["key"]
+        return values
+
+
+@dataclass
+class PendingEntry:
+    draft: PredictionDraft
+    row_id: int | None
+
+
+class Outbox:
+    """A directory of pending drafts; writes are atomic (temp file + rename)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def put(self, draft: PredictionDraft, row_id: int | None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(draft.key)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(_encode(draft, row_id)))
+        os.replace(temporary, path)
+
+    def remove(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def contains(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def entries(self) -> list[PendingEntry]:
+        """Oldest first, so the database receives drawings in the order they were made."""
+        if not self.directory.is_dir():
+            return []
+        entries = [_decode(json.loads(path.read_text())) for path in self.directory.glob("*.json")]
+        return sorted(entries, key=lambda entry: entry.draft.timestamp)
+
+    def __len__(self) -> int:
+        return len(list(self.directory.glob("*.json"))) if self.directory.is_dir() else 0
+
+    def _path(self, key: str) -> Path:
+        if not key.replace("-", "").isalnum():
+            raise ValueError(f"not a drawing key: {key!r}")
+        return self.directory / f"{key}.json"
+
+
+def _encode(draft: PredictionDraft, row_id: int | None) -> dict[str, Any]:
+    data = asdict(draft)
+    data["timestamp"] = draft.timestamp.isoformat()
+    data["image_data"] = base64.b64encode(draft.image_data).decode("ascii")
+    data["row_id"] = row_id
+    return data
+
+
+def _decode(data: dict[str, Any]) -> PendingEntry:
+    row_id = data.pop("row_id")
+    data["timestamp"] = datetime.fromisoformat(data["timestamp"])
+    data["image_data"] = base64.b64decode(data["image_data"])
+    return PendingEntry(PredictionDraft(**data), row_id)

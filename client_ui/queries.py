@@ -1,0 +1,203 @@
+"""Reads and writes on the `predictions` table; every function takes an open session."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, func
+from sqlmodel import Session, col, delete, select, update
+
+from client_ui.models import Prediction
+
+Correctness = Literal["right", "wrong"]
+DIGITS = range(10)
+#: How many of the latest labelled drawings the accuracy-over-time curve averages.
+ROLLING_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class Filters:
+    """History filters; None means "any"."""
+
+    predicted_digit: int | None = None
+    true_label: int | None = None
+    correctness: Correctness | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
+        if self.predicted_digit is not None:
+            conditions.append(col(Prediction.predicted_digit) == self.predicted_digit)
+        if self.true_label is not None:
+            conditions.append(col(Prediction.true_label) == self.true_label)
+        if self.correctness == "right":
+            conditions.append(col(Prediction.true_label) == col(Prediction.predicted_digit))
+        elif self.correctness == "wrong":
+            conditions.append(
+                and_(
+                    col(Prediction.true_label).is_not(None),
+                    col(Prediction.true_label) != col(Prediction.predicted_digit),
+                )
+            )
+        return conditions
+
+
+def insert_prediction(session: Session, values: dict[str, Any]) -> int:
+    row = Prediction(**values)
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    return row.id
+
+
+def update_prediction(session: Session, row_id: int, values: dict[str, Any]) -> bool:
+    """Overwrite a row's fields; False when the row is gone."""
+    result = session.execute(
+        update(Prediction).where(col(Prediction.id) == row_id).values(**values)
+    )
+    return result.rowcount > 0
+
+
+def set_true_label(session: Session, row_id: int, label: int | None) -> bool:
+    return update_prediction(session, row_id, {"true_label": label})
+
+
+def delete_prediction(session: Session, row_id: int) -> bool:
+    result = session.execute(delete(Prediction).where(col(Prediction.id) == row_id))
+    return result.rowcount > 0
+
+
+def get_prediction(session: Session, row_id: int) -> Prediction | None:
+    return session.get(Prediction, row_id)
+
+
+def count_predictions(session: Session, filters: Filters = Filters()) -> int:
+    statement = select(func.count()).select_from(Prediction).where(*filters.conditions())
+    return session.exec(statement).one()
+
+
+def list_predictions(
+    session: Session, filters: Filters = Filters(), *, offset: int = 0, limit: int = 20
+) -> list[Prediction]:
+    """Newest first."""
+    statement = (
+        select(Prediction)
+        .where(*filters.conditions())
+        .order_by(col(Prediction.timestamp).desc(), col(Prediction.id).desc())
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(session.exec(statement).all())
+
+
+CSV_COLUMNS = [
+    "id",
+    "timestamp",
+    "predicted_digit",
+    "confidence",
+    "true_label",
+    "correct",
+    "model_version",
+    "latency_ms",
+]
+
+
+def export_csv(session: Session, filters: Filters = Filters()) -> str:
+    """The filtered rows as CSV (without the images), newest first."""
+    columns = [getattr(Prediction, name) for name in CSV_COLUMNS if name != "correct"]
+    statement = (
+        select(*columns).where(*filters.conditions()).order_by(col(Prediction.timestamp).desc())
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row_id, stamp, predicted, confidence, label, version, latency in session.exec(statement):
+        correct = "" if label is None else int(label == predicted)
+        label_text = "" if label is None else label
+        writer.writerow(
+            [
+                row_id,
+                stamp.isoformat(),
+                predicted,
+                confidence,
+                label_text,
+                correct,
+                version,
+                latency,
+            ]
+        )
+    return buffer.getvalue()
+
+
+@dataclass
+class Statistics:
+    """Everything the statistics page shows, computed from the labelled and unlabelled rows."""
+
+    total: int = 0
+    labelled: int = 0
+    correct: int = 0
+    #: confusion[true][predicted]
+    confusion: list[list[int]] = field(default_factory=lambda: [[0] * 10 for _ in DIGITS])
+    predicted_counts: list[int] = field(default_factory=lambda: [0] * 10)
+    #: (time of a labelled drawing, accuracy over the last ROLLING_WINDOW labelled), oldest first
+    timeline: list[tuple[datetime, float]] = field(default_factory=list)
+    confidence_right: list[float] = field(default_factory=list)
+    confidence_wrong: list[float] = field(default_factory=list)
+
+    @property
+    def mean_confidence_right(self) -> float | None:
+        return _mean(self.confidence_right)
+
+    @property
+    def mean_confidence_wrong(self) -> float | None:
+        return _mean(self.confidence_wrong)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    def labelled_per_digit(self, digit: int) -> int:
+        return sum(self.confusion[digit])
+
+    def accuracy_per_digit(self, digit: int) -> float | None:
+        """Share of drawings of `digit` that the model recognised."""
+        labelled = self.labelled_per_digit(digit)
+        return self.confusion[digit][digit] / labelled if labelled else None
+
+
+def compute_statistics(session: Session) -> Statistics:
+    statement = select(
+        Prediction.predicted_digit,
+        Prediction.true_label,
+        Prediction.confidence,
+        Prediction.timestamp,
+    )
+    stats = Statistics()
+    recent: deque[bool] = deque(maxlen=ROLLING_WINDOW)
+    rows = session.exec(statement.order_by(col(Prediction.timestamp), col(Prediction.id)))
+    for predicted, label, confidence, stamp in rows:
+        stats.total += 1
+        stats.predicted_counts[predicted] += 1
+        if label is None:
+            continue
+        right = label == predicted
+        stats.labelled += 1
+        stats.correct += right
+        stats.confusion[label][predicted] += 1
+        (stats.confidence_right if right else stats.confidence_wrong).append(confidence)
+        recent.append(right)
+        stats.timeline.append((_as_utc(stamp), sum(recent) / len(recent)))
+    return stats
+
+
+def _as_utc(stamp: datetime) -> datetime:
+    """PostgreSQL answers in the session's time zone, SQLite naive in UTC: normalise both."""
+    return stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,187 @@
+"""The statistics page: how right the model is on labelled drawings, and the server's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nicegui import run, ui
+
+from client_ui import queries
+from client_ui.database import DATABASE_DOWN_ERRORS
+from client_ui.layout import page_frame, testid
+from client_ui.queries import ROLLING_WINDOW, Statistics
+from client_ui.services import AppServices
+from client_ui.status import ServerStatus, fetch_status
+
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+
+
+def register(services: AppServices) -> None:
+    @ui.page("/statistics")
+    async def statistics_page() -> None:
+        page_frame("/statistics")
+        with ui.column().classes("w-full max-w-6xl mx-auto p-4 gap-4"):
+            status_panel = testid(ui.card().classes("w-full"), "status-panel")
+            content = ui.column().classes("w-full gap-4")
+        await _fill_status(status_panel, services)
+        await _fill_statistics(content, services)
+
+
+async def _fill_status(panel: ui.card, services: AppServices) -> None:
+    status = await run.io_bound(fetch_status, services.model_client)
+    with panel:
+        _status_panel(status)
+
+
+async def _fill_statistics(content: ui.column, services: AppServices) -> None:
+    def compute() -> Statistics:
+        with services.database.session() as session:
+            return queries.compute_statistics(session)
+
+    with content:
+        try:
+            stats = await run.io_bound(compute)
+        except DATABASE_DOWN_ERRORS:
+            ui.label("The database is unreachable; statistics will be back with it.").classes(
+                "text-red-700 font-bold"
+            )
+            return
+        _counts(stats)
+        with ui.row().classes("w-full gap-4 no-wrap"):
+            _per_digit_chart(stats)
+            _confusion_matrix(stats)
+        with ui.row().classes("w-full gap-4 no-wrap"):
+            _accuracy_over_time(stats)
+            _confidence_chart(stats)
+
+
+def _status_panel(status: ServerStatus) -> None:
+    ui.label("Model server").classes("text-lg font-bold")
+    with ui.row().classes("gap-8"):
+        colour = "text-green-700" if status.healthy else "text-red-700"
+        _figure("Health", status.health_text, "ts-health", colour)
+        _figure("Model version", status.model_version, "ts-model-version")
+        _figure("Workers", status.workers, "ts-workers")
+        for title, value in status.figures.items():
+            _figure(title, f"{value:,.0f}", None)
+        if status.mean_latency_ms is not None:
+            _figure("Mean inference time", f"{status.mean_latency_ms:.1f} ms", "ts-latency")
+    for error in status.errors:
+        ui.label(error).classes("text-xs text-red-700")
+
+
+def _figure(title: str, value: str, name: str | None, colour: str = "") -> None:
+    with ui.column().classes("gap-0"):
+        ui.label(title).classes("text-xs text-gray-500")
+        label = ui.label(value).classes(f"text-xl {colour}")
+        if name:
+            testid(label, name)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _counts(stats: Statistics) -> None:
+    with ui.card().classes("w-full"), ui.row().classes("gap-8"):
+        _figure("Drawings", str(stats.total), "count-total")
+        _figure("Labelled", str(stats.labelled), "count-labelled")
+        _figure("Correct", str(stats.correct), "count-correct")
+        _figure("Accuracy (labelled)", _percent(stats.accuracy), "accuracy-overall")
+        _figure("Mean confidence, right", _percent(stats.mean_confidence_right), "confidence-right")
+        _figure("Mean confidence, wrong", _percent(stats.mean_confidence_wrong), "confidence-wrong")
+
+
+def _chart_card(title: str, options: dict[str, Any], name: str) -> None:
+    with ui.card().classes("flex-1 min-w-[300px]"):
+        ui.label(title).classes("font-bold")
+        testid(ui.echart(options).classes("w-full h-64"), name)
+
+
+def _per_digit_chart(stats: Statistics) -> None:
+    accuracy = [stats.accuracy_per_digit(digit) for digit in range(10)]
+    _chart_card(
+        "Accuracy per true digit",
+        {
+            "animation": False,
+            "tooltip": {"trigger": "axis"},
+            "xAxis": {"type": "category", "data": DIGIT_NAMES},
+            "yAxis": {"type": "value", "min": 0, "max": 1},
+            "series": [
+                {"type": "bar", "data": [None if a is None else round(a, 3) for a in accuracy]}
+            ],
+        },
+        "chart-per-digit",
+    )
+
+
+def _confusion_matrix(stats: Statistics) -> None:
+    largest = max((max(row) for row in stats.confusion), default=0) or 1
+    with ui.card().classes("flex-1 min-w-[300px]"):
+        ui.label("Confusion matrix (rows: true label, columns: predicted)").classes("font-bold")
+        with testid(ui.grid(columns=11).classes("gap-0 text-xs"), "confusion-matrix"):
+            ui.label("")
+            for name in DIGIT_NAMES:
+                ui.label(name).classes("w-7 text-center font-bold")
+            for true_digit, row in enumerate(stats.confusion):
+                ui.label(str(true_digit)).classes("w-7 text-center font-bold")
+                for predicted, count in enumerate(row):
+                    _matrix_cell(count, largest, right=true_digit == predicted)
+
+
+def _matrix_cell(count: int, largest: int, *, right: bool) -> None:
+    strength = count / largest
+    hue = "22, 163, 74" if right else "220, 38, 38"
+    cell = ui.label(str(count) if count else "").classes("w-7 h-7 text-center leading-7")
+    cell.style(f"background: rgba({hue}, {0.1 + 0.8 * strength if count else 0:.2f})")
+
+
+def _accuracy_over_time(stats: Statistics) -> None:
+    points = [[stamp.isoformat(), round(accuracy, 3)] for stamp, accuracy in stats.timeline]
+    _chart_card(
+        f"Accuracy over time (last {ROLLING_WINDOW} labelled drawings)",
+        {
+            "animation": False,
+            "tooltip": {"trigger": "axis"},
+            "xAxis": {"type": "time"},
+            "yAxis": {"type": "value", "min": 0, "max": 1},
+            "series": [{"type": "line", "data": points, "symbolSize": 6}],
+        },
+        "chart-over-time",
+    )
+
+
+def _confidence_chart(stats: Statistics) -> None:
+    bins = [f"{low / 10:.1f}–{(low + 1) / 10:.1f}" for low in range(10)]
+    _chart_card(
+        "Confidence of right vs wrong answers",
+        {
+            "animation": False,
+            "tooltip": {"trigger": "axis"},
+            "legend": {"data": ["right", "wrong"]},
+            "xAxis": {"type": "category", "data": bins},
+            "yAxis": {"type": "value", "minInterval": 1},
+            "series": [
+                {
+                    "name": "right",
+                    "type": "bar",
+                    "color": "#16a34a",
+                    "data": _histogram(stats.confidence_right),
+                },
+                {
+                    "name": "wrong",
+                    "type": "bar",
+                    "color": "#dc2626",
+                    "data": _histogram(stats.confidence_wrong),
+                },
+            ],
+        },
+        "chart-confidence",
+    )
+
+
+def _histogram(values: list[float]) -> list[int]:
+    counts = [0] * 10
+    for value in values:
+        counts[min(int(value * 10), 9)] += 1
+    return counts

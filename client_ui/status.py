@@ -1,0 +1,84 @@
+"""TorchServe's state for the status panel: health, served version, a few live metrics."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from client_ui.services import ModelClient
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+#: (metric name, how to show it); summed over all label sets.
+SHOWN_METRICS = [
+    ("ts_inference_requests_total", "Inference requests"),
+    ("ts_inference_latency_microseconds", "Total inference time (µs)"),
+    ("ts_queue_latency_microseconds", "Total queue time (µs)"),
+    ("Requests4XX", "4xx answers"),
+    ("Requests5XX", "5xx answers"),
+    ("RejectedInputs", "Rejected inputs"),
+]
+
+
+@dataclass
+class ServerStatus:
+    healthy: bool = False
+    health_text: str = "unreachable"
+    model_version: str = "unknown"
+    workers: str = "unknown"
+    figures: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        requests = self.figures.get("Inference requests")
+        total_us = self.figures.get("Total inference time (µs)")
+        if not requests or total_us is None:
+            return None
+        return total_us / requests / 1000
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Sum every sample per metric name; comments and unparsable lines are skipped."""
+    totals: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if not match:
+            continue
+        try:
+            totals[match.group(1)] += float(match.group(3))
+        except ValueError:
+            continue
+    return dict(totals)
+
+
+def fetch_status(client: ModelClient) -> ServerStatus:
+    """Blocking: three calls to TorchServe, each allowed to fail on its own."""
+    status = ServerStatus()
+    try:
+        health = client.health()
+        status.health_text = str(health.get("status", health))
+        status.healthy = status.health_text.lower() == "healthy"
+    except Exception as error:  # shown on the page, never raised
+        status.errors.append(f"health: {error}")
+    try:
+        info = client.model_info()
+        status.model_version = str(info.get("version", info.get("modelVersion", "unknown")))
+        status.workers = _describe_workers(info.get("workers"))
+    except Exception as error:
+        status.errors.append(f"model info: {error}")
+    try:
+        totals = parse_prometheus(client.metrics())
+        status.figures = {title: totals[name] for name, title in SHOWN_METRICS if name in totals}
+    except Exception as error:
+        status.errors.append(f"metrics: {error}")
+    return status
+
+
+def _describe_workers(workers: Any) -> str:
+    if isinstance(workers, list):
+        ready = sum(1 for worker in workers if str(worker.get("status", "")).upper() == "READY")
+        return f"{ready} ready of {len(workers)}"
+    return "unknown" if workers is None else str(workers)

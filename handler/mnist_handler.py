@@ -1,0 +1,204 @@
+"""TorchServe handler: one forward pass per batch, one answer (or one 4xx) per request, in order.
+
+Accepted per request: image bytes (PNG, JPEG, BMP, GIF, WebP) as the body or the multipart field
+``data``; JSON ``{"image": "<base64 or data: URL>"}``; JSON ``{"pixels": 28x28 or 784 numbers}``.
+A bad request gets its own status and JSON error; the rest of the batch is answered normally.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.torch_handler.base_handler import BaseHandler
+
+from handler.preprocessing import (
+    MAX_IMAGE_BYTES,
+    InvalidInputError,
+    decode_image,
+    pixels_to_array,
+    preprocess,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TORCH_THREADS = 1
+# Base64 inflates by 4/3; anything longer than this cannot decode to an acceptable image.
+MAX_BASE64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 1024
+STATUS_FOR_REASON = {"too_large": 413}
+
+
+def choose_device(system_properties: dict[str, Any]) -> torch.device:
+    """The GPU TorchServe assigned to this worker when CUDA works, else the CPU."""
+    gpu_id = system_properties.get("gpu_id")
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{gpu_id}")
+    return torch.device("cpu")
+
+
+def torch_threads(model_yaml_config: dict[str, Any] | None) -> int:
+    """Intra-op threads per worker, from ``handler: {torch_threads: N}`` in model-config.yaml."""
+    handler_config = (model_yaml_config or {}).get("handler") or {}
+    return max(1, int(handler_config.get("torch_threads", DEFAULT_TORCH_THREADS)))
+
+
+class MNISTHandler(BaseHandler):
+    """Classifies handwritten digits; see the module docstring for the accepted inputs."""
+
+    def initialize(self, context: Any) -> None:
+        """Load the TorchScript model on the chosen device and warm it up once."""
+        properties = context.system_properties
+        self.manifest = context.manifest
+        self.device = choose_device(properties)
+        torch.set_num_threads(torch_threads(getattr(context, "model_yaml_config", None)))
+        model_file = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
+        self.model = torch.jit.load(str(model_file), map_location=self.device).eval()
+        self.model_version = str(self.manifest["model"].get("modelVersion", "unknown"))
+        self.inference(torch.zeros(1, 1, 28, 28))
+        self.initialized = True
+        logger.info("MNIST model %s loaded on %s", self.model_version, self.device)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        """Answer every request of the batch, in order; bad inputs get their own 4xx."""
+        self.context = context
+        started = time.perf_counter()
+        prepared = self.preprocess(data)
+        valid = [i for i, item in enumerate(prepared) if isinstance(item, torch.Tensor)]
+        answers: dict[int, dict[str, Any]] = {}
+        if valid:
+            probabilities = self.inference(torch.stack([prepared[i] for i in valid]))
+            answers = dict(zip(valid, self.postprocess(probabilities), strict=True))
+        responses = []
+        for index, item in enumerate(prepared):
+            if isinstance(item, InvalidInputError):
+                responses.append(self._reject(index, item))
+            else:
+                context.set_response_content_type(index, "application/json")
+                responses.append(answers[index])
+        self._record_batch(len(data), answers.values(), prepared)
+        handler_ms = round((time.perf_counter() - started) * 1000, 3)
+        context.metrics.add_time("HandlerTime", handler_ms, None, "ms", [])
+        return responses
+
+    def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor | InvalidInputError]:
+        """Each request -> a 1x28x28 tensor, or the error that explains why it cannot be read."""
+        started = time.perf_counter()
+        prepared = [self._prepare(request) for request in data]
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(data))
+        self.context.metrics.add_time("PreprocessTime", round(elapsed_ms, 3), None, "ms", [])
+        return prepared
+
+    def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One forward pass for the whole batch; returns Nx10 probabilities on the CPU."""
+        with torch.inference_mode():
+            logits = self.model(batch.to(self.device))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def postprocess(self, probabilities: torch.Tensor) -> list[dict[str, Any]]:
+        """Nx10 probabilities -> the JSON answer of each request."""
+        confidences, digits = probabilities.max(dim=1)
+        return [
+            {
+                "digit": int(digit),
+                "confidence": float(confidence),
+                "probabilities": row.tolist(),
+                "model_version": self.model_version,
+            }
+            for digit, confidence, row in zip(digits, confidences, probabilities, strict=True)
+        ]
+
+    def _prepare(self, request: dict[str, Any]) -> torch.Tensor | InvalidInputError:
+        try:
+            return _tensor_from_request(request)
+        except InvalidInputError as error:
+            return error
+        except Exception:  # a new way for an input to be unreadable must not fail the batch
+            logger.exception("Unexpected failure reading a request")
+            return InvalidInputError("unreadable", "the input could not be read as a digit")
+
+    def _reject(self, index: int, error: InvalidInputError) -> dict[str, Any]:
+        code = STATUS_FOR_REASON.get(error.reason, 400)
+        self.context.set_response_status(code, error.reason, index)
+        self.context.set_response_content_type(index, "application/json")
+        return {
+            "code": code,
+            "type": "InvalidInput",
+            "reason": error.reason,
+            "message": error.message,
+        }
+
+    def _record_batch(
+        self,
+        batch_size: int,
+        answers: Any,
+        prepared: list[torch.Tensor | InvalidInputError],
+    ) -> None:
+        metrics = self.context.metrics
+        metrics.add_counter("HandlerBatches", 1, None, [Dimension("BatchSize", str(batch_size))])
+        for digit, count in Counter(answer["digit"] for answer in answers).items():
+            metrics.add_counter("DigitPredictions", count, None, [Dimension("Digit", str(digit))])
+        reasons = Counter(item.reason for item in prepared if isinstance(item, InvalidInputError))
+        for reason, count in reasons.items():
+            metrics.add_counter("RejectedInputs", count, None, [Dimension("Reason", reason)])
+
+
+def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor:
+    """Find the payload (multipart field ``data`` or the body) and read it by its shape."""
+    payload = request.get("data")
+    if payload is None:
+        payload = request.get("body")
+    if isinstance(payload, bytes | bytearray) and payload.lstrip()[:1] in (b"{", b"["):
+        payload = _parse_json(bytes(payload))
+    elif isinstance(payload, str):
+        payload = _parse_json(payload) if payload.lstrip()[:1] in ("{", "[") else payload
+    if isinstance(payload, dict):
+        return _tensor_from_json(payload)
+    if isinstance(payload, str):
+        return preprocess(decode_image(_decode_base64(payload)))
+    if isinstance(payload, bytes | bytearray):
+        return preprocess(decode_image(payload))
+    if payload is None:
+        raise InvalidInputError("empty", "the request carried no image data")
+    raise InvalidInputError("bad_json", 'expected a JSON object with "image" or "pixels"')
+
+
+def _parse_json(text: str | bytes) -> Any:
+    if len(text) > MAX_BASE64_CHARS + 1024:
+        raise InvalidInputError("too_large", "the JSON body is larger than any valid input")
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInputError("bad_json", f"the body is not valid JSON: {error}") from error
+
+
+def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor:
+    if "pixels" in payload:
+        return preprocess(pixels_to_array(payload["pixels"]))
+    image = payload.get("image")
+    if isinstance(image, str):
+        return preprocess(decode_image(_decode_base64(image)))
+    raise InvalidInputError(
+        "bad_json", 'expected {"image": "<base64 or data: URL>"} or {"pixels": [...]}'
+    )
+
+
+def _decode_base64(text: str) -> bytes:
+    """Plain base64 or a ``data:image/...;base64,`` URL -> bytes."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidInputError("bad_base64", "a data: URL must be base64-encoded")
+    if len(text) > MAX_BASE64_CHARS:
+        raise InvalidInputError("too_large", f"the image is larger than {MAX_IMAGE_BYTES} bytes")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidInputError("bad_base64", "the image is not valid base64") from error

@@ -1,0 +1,273 @@
+"""The one MNIST preprocessing: any drawing or photo of a digit -> what the model saw in training.
+
+MNIST digits are white ink on black, fitted into a 20x20 box (aspect kept, anti-aliased) and
+placed in a 28x28 field so that their centre of mass sits at the centre. Everything a client
+sends is brought to that form here, by the handler, the in-process predictor and the app alike:
+
+1. decode with limits (bytes, then pixel count read from the header BEFORE decoding);
+2. flatten alpha: a browser canvas is ink on TRANSPARENT pixels, so transparency is composited
+   onto a background that contrasts with the ink colour, which turns alpha into ink signal;
+3. grayscale, then polarity from the border: a light border means dark ink, which is inverted;
+4. crop to the ink's bounding box (a relative threshold ignores JPEG noise), scale the longer
+   side to 20 px with anti-aliasing, stretch the contrast, centre by mass in 28x28;
+5. normalise exactly like training: ``(uint8 / 255 - 0.1307) / 0.3081`` in float32.
+
+A 28x28 input is taken to be MNIST-formatted already: it keeps its geometry and grey levels and
+only gets steps 2-3 (so a white-on-black MNIST digit passes through unchanged, byte for byte,
+and a black-on-white one is inverted). Only larger or smaller inputs are cropped and rescaled.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+MNIST_SIZE = 28
+DIGIT_BOX = 20
+# MNIST's mean centre of mass, in pixel-index coordinates (measured on the test set: 14.0).
+CENTRE_OF_MASS = 14.0
+
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+# Ink weaker than this (0-255, after removing the background) counts as no drawing at all.
+MIN_INK_CONTRAST = 24
+# Pixels below this fraction of the strongest ink are noise (JPEG ringing, paper texture).
+NOISE_FRACTION = 0.2
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+
+
+class InvalidInputError(ValueError):
+    """A client error: `reason` is a short label for metrics, `message` says what to fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode PNG, JPEG, BMP, GIF or WebP bytes; refuse empty, foreign, oversized or broken data.
+
+    The pixel count comes from the header and is checked before any pixel is decoded, so a
+    small file that would expand into gigabytes (a decompression bomb) is refused cheaply.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidInputError("not_an_image", "expected the image file's bytes")
+    if len(data) == 0:
+        raise InvalidInputError("empty", "the request carried no image data")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInputError(
+            "too_large", f"the image is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}"
+        )
+    image = _open_header(bytes(data))
+    _check_dimensions(*image.size)
+    try:
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise InvalidInputError("too_large", "the image has too many pixels") from error
+    except (OSError, EOFError, SyntaxError, ValueError, IndexError) as error:
+        raise InvalidInputError(
+            "truncated", f"the {image.format} image is truncated or corrupt"
+        ) from error
+    return image
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Read only the header: format and size."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise InvalidInputError("too_large", "the image has too many pixels") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        if _has_known_signature(data):
+            raise InvalidInputError("truncated", "the image is truncated or corrupt") from error
+        formats = ", ".join(ALLOWED_FORMATS)
+        raise InvalidInputError(
+            "not_an_image", f"the data is not an image in a supported format ({formats})"
+        ) from error
+
+
+def _has_known_signature(data: bytes) -> bool:
+    """Starts like PNG, JPEG, GIF, BMP or WebP: a failure to open it means broken, not foreign."""
+    webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    return webp or data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM"))
+
+
+def _check_dimensions(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise InvalidInputError("not_an_image", "the image has no pixels")
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise InvalidInputError(
+            "too_large",
+            f"the image is {width}x{height} pixels; at most {MAX_IMAGE_SIDE} per side",
+        )
+
+
+def pixels_to_array(values: object) -> np.ndarray:
+    """JSON pixels (28x28 nested or 784 flat numbers, 0-255) -> a 28x28 uint8 image."""
+    if not isinstance(values, list | tuple | np.ndarray) or len(values) not in (28, 784):
+        raise InvalidInputError("bad_pixels", "pixels must be 784 numbers or 28 rows of 28")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError("bad_pixels", "pixels must be numbers from 0 to 255") from error
+    if array.shape not in ((MNIST_SIZE * MNIST_SIZE,), (MNIST_SIZE, MNIST_SIZE)):
+        raise InvalidInputError(
+            "bad_pixels",
+            f"pixels must be 784 numbers or 28 rows of 28; got shape {list(array.shape)}",
+        )
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise InvalidInputError("bad_pixels", "pixels must be numbers from 0 to 255")
+    return np.rint(array).astype(np.uint8).reshape(MNIST_SIZE, MNIST_SIZE)
+
+
+def to_mnist_pixels(image: ImageInput) -> np.ndarray:
+    """The 28x28 uint8 picture (white ink on black, MNIST geometry) that the model sees."""
+    gray = _flattened_gray(_as_pil(image))
+    ink = _ink(gray)
+    if ink.size == (MNIST_SIZE, MNIST_SIZE):
+        return np.array(ink)
+    return _fit_like_mnist(ink)
+
+
+def normalise(pixels: np.ndarray) -> torch.Tensor:
+    """28x28 uint8 -> 1x28x28 float32, with the same operations and order as training."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).float().div(255)
+    return tensor.sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(0)
+
+
+def preprocess(image: ImageInput) -> torch.Tensor:
+    """A PIL image, numpy array or tensor -> the normalised 1x28x28 model input."""
+    return normalise(to_mnist_pixels(image))
+
+
+def _as_pil(image: ImageInput) -> Image.Image:
+    """Arrays and tensors become 8-bit PIL images, so one (C-speed) pipeline serves all inputs."""
+    if isinstance(image, torch.Tensor):
+        image = _tensor_to_array(image)
+    if isinstance(image, Image.Image) and image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_array_to_uint8(image))
+    if not isinstance(image, Image.Image):
+        raise InvalidInputError("not_an_image", f"cannot read an image from {type(image).__name__}")
+    return image
+
+
+def _tensor_to_array(tensor: torch.Tensor) -> np.ndarray:
+    """CxHxW or HxW (or 1xCxHxW) tensor -> channels-last numpy array."""
+    array = tensor.detach().cpu()
+    while array.dim() > 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.dim() == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (3, 4):
+        array = array.permute(1, 2, 0)
+    return array.numpy()
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4; uint8, 16-bit, bool, or float in 0-1 or 0-255."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InvalidInputError("not_an_image", f"cannot read an image of shape {array.shape}")
+    _check_dimensions(array.shape[1], array.shape[0])
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    values = np.nan_to_num(array.astype(np.float32))
+    if array.dtype == np.bool_ or (values.max(initial=0) <= 1.0 and array.dtype.kind == "f"):
+        values = values * 255
+    elif values.max(initial=0) > 255:
+        values = values * (255 / 65535)
+    return np.rint(np.clip(values, 0, 255)).astype(np.uint8)
+
+
+def _flattened_gray(image: Image.Image) -> Image.Image:
+    """8-bit grayscale with transparency composited onto a background contrasting the ink.
+
+    A canvas is typically black ink (RGB 0) on transparent black (RGB 0, alpha 0): in gray
+    alone there is nothing to see; composited onto white it is an ordinary black-on-white
+    drawing. Light ink on transparent pixels is composited onto black instead.
+    """
+    if not _has_alpha(image):
+        return image if image.mode == "L" else image.convert("L")
+    if image.mode not in ("RGBA", "LA"):
+        image = image.convert("RGBA")
+    alpha = image.getchannel("A")
+    gray = image.convert("L")
+    if alpha.getextrema()[0] == 255:
+        return gray
+    counts = np.asarray(gray.histogram(mask=alpha), dtype=np.float64)
+    if counts.sum() == 0:
+        raise InvalidInputError("blank", "the drawing is blank: every pixel is transparent")
+    ink_luminance = counts @ np.arange(256) / counts.sum()
+    background = Image.new("L", gray.size, 255 if ink_luminance < 128 else 0)
+    return Image.composite(gray, background, alpha)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _ink(gray: Image.Image) -> Image.Image:
+    """Ink strength 0-255 on a 0 background; polarity and background level from the border.
+
+    One lookup table does the inversion, the background removal and the noise floor (a
+    fraction of the strongest ink, so JPEG ringing and paper texture vanish).
+    """
+    pixels = np.asarray(gray)
+    border = np.concatenate((pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]))
+    background = int(np.median(border))
+    darkest, lightest = gray.getextrema()
+    levels = np.arange(256)
+    if background > 127:
+        strength, peak = background - levels, background - darkest
+    else:
+        strength, peak = levels - background, lightest - background
+    if peak < MIN_INK_CONTRAST:
+        raise InvalidInputError("blank", "the drawing is blank: no ink was found")
+    if gray.size != (MNIST_SIZE, MNIST_SIZE):
+        strength[strength < peak * NOISE_FRACTION] = 0
+    return gray.point(np.clip(strength, 0, 255).tolist())
+
+
+def _fit_like_mnist(ink: Image.Image) -> np.ndarray:
+    """Crop to the ink, scale into the 20x20 box, stretch contrast, centre by mass in 28x28."""
+    crop = ink.crop(ink.getbbox())
+    digit = _scale_into_box(crop)
+    digit *= 255.0 / digit.max()
+    return _centre_by_mass(digit)
+
+
+def _scale_into_box(crop: Image.Image) -> np.ndarray:
+    """Longer side -> 20 px, aspect kept; Pillow's filters anti-alias when shrinking."""
+    width, height = crop.size
+    scale = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = crop.convert("F").resize(size, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0, None)
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Paste into 28x28 with the centre of mass at MNIST's centre, keeping the box inside."""
+    height, width = digit.shape
+    total = digit.sum()
+    centre_row = float(digit.sum(axis=1) @ np.arange(height)) / total
+    centre_col = float(digit.sum(axis=0) @ np.arange(width)) / total
+    top = _clamp(round(CENTRE_OF_MASS - centre_row), MNIST_SIZE - height)
+    left = _clamp(round(CENTRE_OF_MASS - centre_col), MNIST_SIZE - width)
+    canvas = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    canvas[top : top + height, left : left + width] = np.rint(np.clip(digit, 0, 255))
+    return canvas
+
+
+def _clamp(value: int, upper: int) -> int:
+    return min(max(value, 0), upper)

@@ -1,0 +1,1 @@
+"""Pieces of `python -m serving.benchmark`: load generator, TorchServe variants, report."""

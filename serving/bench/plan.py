@@ -1,0 +1,190 @@
+"""What one benchmark run measures and for how long: the quick plan (under a minute, used by
+the test) and the full plan (`make bench`), plus the TorchServe variants the tuning compares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from serving.bench.instance import Variant
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time bounds of every measurement in a run."""
+
+    quick: bool
+    drawings: int
+    main_concurrency: tuple[int, ...]
+    main_seconds: float
+    sweep: tuple[int, ...]
+    sweep_seconds: float
+    tuning_seconds: float
+    max_requests: int
+    in_process_calls: int
+    in_process_seconds: float
+    loadgen_seconds: float
+    warmup_seconds: float
+    measure_keep_alive_off: bool
+
+
+QUICK = Plan(
+    quick=True,
+    drawings=32,
+    main_concurrency=(1, 32),
+    main_seconds=1.5,
+    sweep=(),
+    sweep_seconds=0.0,
+    tuning_seconds=0.0,
+    max_requests=5_000,
+    in_process_calls=200,
+    in_process_seconds=1.5,
+    loadgen_seconds=1.0,
+    warmup_seconds=1.0,
+    measure_keep_alive_off=False,
+)
+
+FULL = Plan(
+    quick=False,
+    drawings=256,
+    main_concurrency=(1, 32),
+    main_seconds=8.0,
+    sweep=(1, 4, 8, 16, 32, 64),
+    sweep_seconds=3.0,
+    tuning_seconds=3.0,
+    max_requests=50_000,
+    in_process_calls=3_000,
+    in_process_seconds=5.0,
+    loadgen_seconds=3.0,
+    warmup_seconds=3.0,
+    measure_keep_alive_off=True,
+)
+
+SHIPPED = Variant(
+    "shipped", "config.properties and handler/model-config.yaml exactly as in the repository"
+)
+SHIPPED_UNBATCHED = Variant(
+    "shipped-unbatched",
+    "shipped, but batchSize 1: the reference for what batching costs a lone request",
+    model_config={"batchSize": 1, "maxBatchDelay": 0},
+)
+
+# On 2 cores the JVM's common ForkJoin pool has parallelism 1, and CompletableFuture.runAsync
+# then starts a new thread per task: TorchServe's WorkerThread does that once per batch
+# (seen with Flight Recorder: one "Thread-N" started per request at concurrency 1).
+FORK_JOIN = "-Djava.util.concurrent.ForkJoinPool.common.parallelism=4"
+
+# TorchServe's built-in log4j2.xml logs org.pytorch.serve at DEBUG, twice into ts_log.log and
+# once to stdout, and every line a worker prints into model_log.log: several synchronous writes
+# per request. This one keeps warnings and errors (a worker's stderr is logged at WARN), the
+# access log and TorchServe's INFO lines, and drops the per-request DEBUG and worker lines.
+QUIET_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <RollingFile name="access_log" fileName="${env:LOG_LOCATION:-logs}/access_log.log"
+                 filePattern="${env:LOG_LOCATION:-logs}/access_log.%i.log.gz">
+      <PatternLayout pattern="%d{ISO8601} - %m%n"/>
+      <SizeBasedTriggeringPolicy size="100 MB"/>
+    </RollingFile>
+    <RollingFile name="ts_log" fileName="${env:LOG_LOCATION:-logs}/ts_log.log"
+                 filePattern="${env:LOG_LOCATION:-logs}/ts_log.%i.log.gz">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+      <SizeBasedTriggeringPolicy size="100 MB"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="info" additivity="false">
+      <AppenderRef ref="access_log"/>
+    </Logger>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="MODEL_LOG" level="warn"/>
+    <Logger name="MODEL_METRICS" level="warn"/>
+    <Logger name="TS_METRICS" level="warn"/>
+    <Root level="info">
+      <AppenderRef ref="ts_log"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+# The configuration the measurements point to; every tuning row changes one thing from it.
+CANDIDATE_MODEL = {
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 8,
+    "maxBatchDelay": 1,
+    "handler": {"torch_threads": 1},
+}
+CANDIDATE_PROPERTIES = {"vmargs": FORK_JOIN}
+
+
+def _candidate(
+    name: str,
+    description: str,
+    model: dict[str, Any] | None = None,
+    properties: dict[str, str] | None = None,
+    quiet_logs: bool = True,
+) -> Variant:
+    return Variant(
+        name,
+        description,
+        properties={**CANDIDATE_PROPERTIES, **(properties or {})},
+        model_config={**CANDIDATE_MODEL, **(model or {})},
+        log_config=QUIET_LOG4J2 if quiet_logs else None,
+    )
+
+
+def tuning_variants() -> list[Variant]:
+    """One TorchServe each: the candidate, then the candidate with one thing changed."""
+    return [
+        _candidate(
+            "candidate",
+            "1 worker, 1 torch thread, batch <= 8 waiting <= 1 ms, JVM ForkJoin fix, quiet logs",
+        ),
+        _candidate("2-workers", "candidate with 2 workers", {"minWorkers": 2, "maxWorkers": 2}),
+        _candidate("unbatched", "candidate with batchSize 1", {"batchSize": 1, "maxBatchDelay": 0}),
+        _candidate(
+            "delay-0",
+            "candidate with maxBatchDelay 0 (TorchServe then stops a batch at 2)",
+            {"maxBatchDelay": 0},
+        ),
+        _candidate("delay-5", "candidate with maxBatchDelay 5", {"maxBatchDelay": 5}),
+        _candidate(
+            "batch-4-delay-50",
+            "candidate with batch 4 and 50 ms delay (the untuned example)",
+            {"batchSize": 4, "maxBatchDelay": 50},
+        ),
+        _candidate(
+            "2-threads", "candidate with 2 torch threads", {"handler": {"torch_threads": 2}}
+        ),
+        _candidate(
+            "no-fj-fix", "candidate without the ForkJoin JVM option", properties={"vmargs": ""}
+        ),
+        _candidate("default-logs", "candidate with TorchServe's own log4j2.xml", quiet_logs=False),
+        _candidate(
+            "netty-1",
+            "candidate with 1 Netty server thread and 1 worker-IPC thread",
+            properties={"number_of_netty_threads": "1", "netty_client_threads": "1"},
+        ),
+        _candidate(
+            "netty-4",
+            "candidate with 4 Netty server threads and 4 worker-IPC threads",
+            properties={"number_of_netty_threads": "4", "netty_client_threads": "4"},
+        ),
+        _candidate(
+            "parallel-gc",
+            "candidate with -XX:+UseParallelGC and a fixed 512 MB heap",
+            properties={"vmargs": f"{FORK_JOIN} -XX:+UseParallelGC -Xms512m -Xmx512m"},
+        ),
+        _candidate(
+            "serial-gc-c1",
+            "candidate with -XX:+UseSerialGC -XX:TieredStopAtLevel=1 (quick JIT, small heap)",
+            properties={"vmargs": f"{FORK_JOIN} -XX:+UseSerialGC -XX:TieredStopAtLevel=1"},
+        ),
+        _candidate(
+            "async-logging",
+            "candidate with async_logging=true and disable_system_metrics=true",
+            properties={"async_logging": "true", "disable_system_metrics": "true"},
+        ),
+    ]

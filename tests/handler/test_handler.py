@@ -1,0 +1,211 @@
+"""The TorchServe handler in-process, with the worker's real Context and metrics cache."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from handler.mnist_handler import MNISTHandler, choose_device, torch_threads
+from model.predictor import MNISTPredictor
+from tests.drawings import drawings
+from tests.handler.conftest import WorkerContext, emitted_metrics
+
+
+@pytest.fixture
+def handler(worker_context: WorkerContext) -> MNISTHandler:
+    handler = MNISTHandler()
+    handler.initialize(worker_context.for_batch(1))
+    return handler
+
+
+@pytest.fixture(scope="module")
+def samples(mnist_dir: Path) -> list[tuple[bytes, int]]:
+    return drawings("canvas_transparent", 6, data_dir=mnist_dir)
+
+
+def run_batch(handler: MNISTHandler, worker_context: WorkerContext, batch: list[dict]) -> list:
+    context = worker_context.for_batch(len(batch))
+    answers = handler.handle(batch, context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(batch))]
+    return list(zip(statuses, answers, strict=True))
+
+
+def test_every_request_kind_is_answered_like_the_predictor(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    predictor: MNISTPredictor,
+    samples: list[tuple[bytes, int]],
+    mnist_test,
+) -> None:
+    images, _ = mnist_test
+    png = [data for data, _ in samples]
+    encoded = base64.b64encode(png[2]).decode()
+    batch = [
+        {"body": png[0]},
+        {"data": bytearray(png[1])},
+        {"body": {"image": encoded}},
+        {"body": {"image": f"data:image/png;base64,{encoded}"}},
+        {"body": json.dumps({"image": base64.b64encode(png[3]).decode()}).encode()},
+        {"body": {"pixels": images[0].tolist()}},
+        {"body": encoded},
+    ]
+    expected = [predictor.predict(item) for item in (*png[:3], png[2], png[3], images[0], png[2])]
+    results = run_batch(handler, worker_context, batch)
+    for (status, answer), prediction in zip(results, expected, strict=True):
+        assert status == 200
+        assert answer["digit"] == prediction.digit
+        assert answer["confidence"] == pytest.approx(prediction.confidence, abs=1e-5)
+        assert answer["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-5)
+        assert answer["model_version"] == "7.5"
+
+
+def test_a_bad_request_in_the_middle_gets_its_own_400(
+    handler: MNISTHandler, worker_context: WorkerContext, samples: list[tuple[bytes, int]]
+) -> None:
+    batch = [{"body": samples[0][0]}, {"body": b"not an image"}, {"body": samples[1][0]}]
+    (first, good_one), (second, error), (third, good_two) = run_batch(
+        handler, worker_context, batch
+    )
+    assert (first, second, third) == (200, 400, 200)
+    assert error == {
+        "code": 400,
+        "type": "InvalidInput",
+        "reason": "not_an_image",
+        "message": error["message"],
+    }
+    assert "supported format" in error["message"]
+    assert good_one["digit"] == samples[0][1] and good_two["digit"] == samples[1][1]
+
+
+@pytest.mark.parametrize(
+    ("request_data", "status", "reason"),
+    [
+        ({"body": b""}, 400, "empty"),
+        ({}, 400, "empty"),
+        ({"body": b"{not json"}, 400, "bad_json"),
+        ({"body": "{not json"}, 400, "bad_json"),
+        ({"body": [1, 2, 3]}, 400, "bad_json"),
+        ({"body": 42}, 400, "bad_json"),
+        ({"body": {"picture": "abc"}}, 400, "bad_json"),
+        ({"body": {"image": "***not base64***"}}, 400, "bad_base64"),
+        ({"body": {"image": "data:image/png,rawtext"}}, 400, "bad_base64"),
+        ({"body": {"image": "A" * 3_000_000}}, 413, "too_large"),
+        ({"body": b"\x00" * 3_000_000}, 413, "too_large"),
+        ({"body": {"pixels": [1] * 783}}, 400, "bad_pixels"),
+        ({"body": {"pixels": [0] * 784}}, 400, "blank"),
+        ({"body": b"\x89PNG\r\n\x1a\n\x00\x00"}, 400, "truncated"),
+    ],
+)
+def test_bad_inputs_get_a_4xx_with_a_json_reason(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    request_data: dict,
+    status: int,
+    reason: str,
+    capture_metrics: pytest.LogCaptureFixture,
+) -> None:
+    [(got_status, answer)] = run_batch(handler, worker_context, [request_data])
+    assert got_status == status
+    assert answer["code"] == status and answer["reason"] == reason and answer["message"]
+    rejected = [m for m in emitted_metrics(capture_metrics) if m["name"] == "RejectedInputs"]
+    assert [m["dimensions"]["Reason"] for m in rejected] == [reason]
+
+
+def test_an_unexpected_failure_is_one_requests_400_not_a_dead_batch(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    samples: list[tuple[bytes, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import handler.mnist_handler as module
+
+    real_decode = module.decode_image
+
+    def fragile_decode(data: bytes):
+        if data == b"boom":
+            raise RuntimeError("a bug in a decoder")
+        return real_decode(data)
+
+    monkeypatch.setattr(module, "decode_image", fragile_decode)
+    results = run_batch(handler, worker_context, [{"body": b"boom"}, {"body": samples[0][0]}])
+    assert [status for status, _ in results] == [400, 200]
+    assert results[0][1]["reason"] == "unreadable"
+
+
+def test_one_forward_pass_per_batch(
+    handler: MNISTHandler, worker_context: WorkerContext, samples: list[tuple[bytes, int]]
+) -> None:
+    calls = []
+    model = handler.model
+
+    class Counting(torch.nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            calls.append(batch.shape[0])
+            return model(batch)
+
+    handler.model = Counting()
+    batch = [{"body": data} for data, _ in samples] + [{"body": b""}]
+    results = run_batch(handler, worker_context, batch)
+    assert calls == [len(samples)]
+    assert [answer.get("digit") for _, answer in results[:-1]] == [label for _, label in samples]
+
+
+def test_an_all_bad_batch_needs_no_forward_pass(
+    handler: MNISTHandler, worker_context: WorkerContext
+) -> None:
+    handler.model = None  # any forward pass would fail
+    results = run_batch(handler, worker_context, [{"body": b""}, {"body": b"x"}])
+    assert [status for status, _ in results] == [400, 400]
+
+
+def test_declared_metrics_are_emitted_with_their_dimensions(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    samples: list[tuple[bytes, int]],
+    capture_metrics: pytest.LogCaptureFixture,
+) -> None:
+    batch = [{"body": samples[0][0]}, {"body": samples[0][0]}, {"body": b"junk"}]
+    run_batch(handler, worker_context, batch)
+    emitted = {m["name"]: m for m in emitted_metrics(capture_metrics)}
+    assert "Failed to update metric" not in capture_metrics.text
+    digit = emitted["DigitPredictions"]
+    assert digit["type"] == "COUNTER" and digit["value"] == 2
+    assert digit["dimensions"] == {
+        "Digit": str(samples[0][1]),
+        "ModelName": "mnist",
+        "Level": "Model",
+    }
+    assert emitted["RejectedInputs"]["dimensions"]["Reason"] == "not_an_image"
+    assert emitted["HandlerBatches"]["dimensions"]["BatchSize"] == "3"
+    assert (
+        emitted["PreprocessTime"]["type"] == "GAUGE"
+        and emitted["PreprocessTime"]["unit"] == "Milliseconds"
+    )
+    assert emitted["HandlerTime"]["value"] >= emitted["PreprocessTime"]["value"]
+
+
+def test_device_is_the_assigned_gpu_when_cuda_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device({"gpu_id": 1}) == torch.device("cuda:1")
+    assert choose_device({"gpu_id": None}) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device({"gpu_id": 0}) == torch.device("cpu")
+
+
+def test_torch_threads_come_from_the_model_config() -> None:
+    assert torch_threads({"handler": {"torch_threads": 2}}) == 2
+    assert torch_threads({"batchSize": 8}) == 1
+    assert torch_threads(None) == 1
+
+
+def test_the_handler_module_has_one_class_for_torchserve() -> None:
+    """TorchServe refuses a handler module that defines more than one class."""
+    from ts.utils.util import list_classes_from_module
+
+    import handler.mnist_handler as module
+
+    assert list_classes_from_module(module) == [MNISTHandler]

@@ -1,0 +1,261 @@
+"""The one preprocessing: canvas styles, polarity, centring, exact MNIST round trip, limits."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from handler import preprocessing
+from handler.preprocessing import (
+    MAX_IMAGE_BYTES,
+    InvalidInputError,
+    decode_image,
+    normalise,
+    pixels_to_array,
+    preprocess,
+    to_mnist_pixels,
+)
+from tests.drawings import STYLES, drawings
+from training.train import to_model_input
+
+
+def encode(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    weights = pixels.astype(np.float64)
+    rows, cols = np.indices(pixels.shape)
+    return (rows * weights).sum() / weights.sum(), (cols * weights).sum() / weights.sum()
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows = np.flatnonzero(pixels.any(axis=1))
+    cols = np.flatnonzero(pixels.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A small valid PNG whose header announces width x height grey pixels (all zero)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    row = b"\x00" + bytes(width)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+# --- Canvas-like drawings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_every_style_becomes_a_centred_white_on_black_mnist_digit(style: str, mnist_dir) -> None:
+    for data, _label in drawings(style, 12, data_dir=mnist_dir):
+        pixels = to_mnist_pixels(decode_image(data))
+        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+        assert pixels.max() == 255, "ink is stretched to full contrast"
+        assert pixels[0].max() == 0 and pixels[:, 0].max() == 0, "background is black"
+        assert max(ink_box(pixels)) in (19, 20, 21), "longer side fills the 20 px box"
+        row, col = centre_of_mass(pixels)
+        assert abs(row - 14) <= 1.0 and abs(col - 14) <= 1.0
+
+
+def test_polarity_and_transparency_do_not_change_what_the_model_sees(mnist_dir) -> None:
+    """Black on transparent, black on white and white on black give (nearly) the same digit."""
+    seen = {
+        style: [
+            to_mnist_pixels(decode_image(data))
+            for data, _ in drawings(style, 10, data_dir=mnist_dir)
+        ]
+        for style in ("canvas_transparent", "black_on_white", "white_on_black")
+    }
+    for reference, *others in zip(*seen.values(), strict=True):
+        for other in others:
+            difference = np.abs(reference.astype(int) - other.astype(int))
+            assert difference.mean() < 2.0
+
+
+def test_off_centre_ink_is_moved_to_the_centre() -> None:
+    canvas = Image.new("L", (400, 300), 255)
+    canvas.paste(0, (20, 30, 60, 130))  # a dark bar near the top-left corner
+    pixels = to_mnist_pixels(decode_image(encode(canvas)))
+    assert ink_box(pixels) == (20, 8)
+    row, col = centre_of_mass(pixels)
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+
+
+def test_coloured_ink_on_transparent_pixels_is_read_through_alpha() -> None:
+    canvas = np.zeros((200, 200, 4), dtype=np.uint8)
+    canvas[40:160, 88:112] = (30, 60, 200, 255)  # blue bar; the rest is transparent black
+    pixels = to_mnist_pixels(decode_image(encode(Image.fromarray(canvas))))
+    assert ink_box(pixels) == (20, 4)
+    assert pixels[4:24, 12:16].min() > 200
+
+
+def test_light_ink_on_transparent_pixels_is_not_lost() -> None:
+    canvas = np.zeros((100, 100, 4), dtype=np.uint8)
+    canvas[20:80, 45:55] = (255, 255, 255, 255)
+    assert to_mnist_pixels(Image.fromarray(canvas)).max() == 255
+
+
+def test_jpeg_noise_does_not_widen_the_crop() -> None:
+    canvas = Image.new("L", (280, 280), 255)
+    canvas.paste(0, (130, 40, 150, 240))
+    noisy = decode_image(encode(canvas, "JPEG", quality=40))
+    assert ink_box(to_mnist_pixels(noisy)) == (20, 2)
+
+
+# --- 28x28 input: the exact MNIST round trip ------------------------------------------------
+
+
+def test_mnist_digits_round_trip_exactly_as_training_sees_them(mnist_test) -> None:
+    images, _ = mnist_test
+    digits = images[:200]
+    expected = to_model_input(torch.from_numpy(digits))
+    for digit, model_input in zip(digits, expected, strict=True):
+        assert np.array_equal(to_mnist_pixels(digit), digit)
+        assert torch.equal(preprocess(digit), model_input)
+
+
+def test_mnist_digit_survives_png_json_tensor_and_inversion(mnist_test) -> None:
+    images, _ = mnist_test
+    for digit in images[:50]:
+        as_png = decode_image(encode(Image.fromarray(digit)))
+        assert np.array_equal(to_mnist_pixels(as_png), digit)
+        assert np.array_equal(to_mnist_pixels(pixels_to_array(digit.tolist())), digit)
+        assert np.array_equal(to_mnist_pixels(pixels_to_array(digit.ravel().tolist())), digit)
+        as_float_tensor = torch.from_numpy(digit).float().div(255).unsqueeze(0)
+        assert np.array_equal(to_mnist_pixels(as_float_tensor), digit)
+        assert np.array_equal(to_mnist_pixels(255 - digit), digit)
+
+
+def test_normalise_uses_the_mnist_constants() -> None:
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[0, 0] = 255
+    tensor = normalise(pixels)
+    assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
+    assert tensor[0, 0, 0].item() == pytest.approx((1 - 0.1307) / 0.3081)
+    assert tensor[0, 1, 1].item() == pytest.approx(-0.1307 / 0.3081)
+
+
+# --- Bad input: each refusal and its reason -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, I am not an image", "not_an_image"),
+        (b"\x00" * (MAX_IMAGE_BYTES + 1), "too_large"),
+        (encode(Image.new("L", (10, 10)), "TIFF"), "not_an_image"),
+        ("a string", "not_an_image"),
+    ],
+)
+def test_decode_refuses(data: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        decode_image(data)
+    assert refused.value.reason == reason
+    assert refused.value.message
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "GIF", "WEBP", "BMP"])
+def test_truncated_images_are_refused(image_format: str) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise).convert("RGB"), image_format)
+    with pytest.raises(InvalidInputError) as refused:
+        decode_image(data[: len(data) // 2])
+    assert refused.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "GIF", "WEBP", "BMP"])
+def test_every_supported_format_decodes(image_format: str) -> None:
+    canvas = Image.new("RGB", (64, 64), "white")
+    canvas.paste((0, 0, 0), (28, 10, 36, 54))
+    assert to_mnist_pixels(decode_image(encode(canvas, image_format))).max() == 255
+
+
+@pytest.mark.parametrize("side", [6_000, 20_000], ids=["36-megapixels", "400-megapixels"])
+def test_decompression_bomb_is_refused_before_decoding(
+    side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = png_with_header_size(side, side)  # a few hundred kilobytes that inflate to gigabytes
+    assert len(bomb) < MAX_IMAGE_BYTES
+
+    def must_not_decode(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
+    with pytest.raises(InvalidInputError) as refused:
+        decode_image(bomb)
+    assert refused.value.reason == "too_large"
+
+
+def test_an_image_just_over_the_side_limit_is_refused() -> None:
+    too_wide = png_with_header_size(preprocessing.MAX_IMAGE_SIDE + 1, 1)
+    with pytest.raises(InvalidInputError, match="pixels") as refused:
+        decode_image(too_wide)
+    assert refused.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    "canvas",
+    [
+        Image.new("RGBA", (280, 280), (0, 0, 0, 0)),
+        Image.new("RGB", (280, 280), "white"),
+        Image.new("L", (280, 280), 0),
+        Image.new("L", (28, 28), 0),
+    ],
+    ids=["transparent", "white", "black", "black-28x28"],
+)
+def test_blank_drawings_are_refused(canvas: Image.Image) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        to_mnist_pixels(decode_image(encode(canvas)))
+    assert refused.value.reason == "blank"
+
+
+def test_faint_jpeg_noise_alone_is_blank() -> None:
+    noise = np.random.default_rng(1).integers(245, 256, (200, 200), dtype=np.uint8)
+    with pytest.raises(InvalidInputError) as refused:
+        to_mnist_pixels(decode_image(encode(Image.fromarray(noise), "JPEG")))
+    assert refused.value.reason == "blank"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0] * 783,
+        [[0] * 28] * 27,
+        [0] * 783 + [256],
+        [0] * 783 + [-1],
+        [0] * 783 + [float("nan")],
+        [0] * 783 + ["seven"],
+        [[0] * 28] * 27 + [[0] * 27],
+        "0" * 784,
+        None,
+    ],
+    ids=["783", "27-rows", "256", "negative", "nan", "text", "ragged", "string", "null"],
+)
+def test_bad_pixels_are_refused(values: object) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        pixels_to_array(values)
+    assert refused.value.reason == "bad_pixels"
+
+
+def test_unknown_input_types_are_refused() -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        preprocess(object())  # type: ignore[arg-type]
+    assert refused.value.reason == "not_an_image"

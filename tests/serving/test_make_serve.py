@@ -1,0 +1,67 @@
+"""`make serve` / `make stop` end to end, on free ports with logs and key file in tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from serving.client import ServerUnavailableError, TorchServeClient
+from serving.settings import PROJECT_ROOT, load_settings
+from tests.fixtures.serving import RunningTorchServe, torchserve_env
+
+pytestmark = pytest.mark.slow
+
+
+def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a Makefile target as people do (its setup step is taken as up to date)."""
+    command = ["make", "--no-print-directory", "-o", ".venv/.setup-stamp", target]
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_make_serve_and_stop_twice_each(torchserve: RunningTorchServe, tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    overrides = torchserve_env(tmp_path, torchserve.settings.model_store)
+    env = {**os.environ, **overrides}
+    settings = load_settings(env)
+    pid_file = settings.log_dir / "torchserve.pid"
+
+    first = make("serve", env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "is ready" in first.stdout
+    assert settings.inference_url in first.stdout
+    assert str(settings.key_file) in first.stdout
+    frontend = psutil.Process(int(pid_file.read_text()))
+    try:
+        with TorchServeClient(settings) as client:
+            assert client.health() == {"status": "Healthy"}
+            assert client.model_info()["version"] == "test"
+        assert (settings.log_dir / "ts_log.log").is_file()
+
+        second = make("serve", env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "already running" in second.stdout
+        assert int(pid_file.read_text()) == frontend.pid
+    finally:
+        stopped = make("stop", env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "stopped" in stopped.stdout
+    assert not frontend.is_running()
+    assert not pid_file.exists()
+    assert not settings.key_file.exists()
+    with pytest.raises(ServerUnavailableError):
+        TorchServeClient(settings, retries=0).health()
+
+    again = make("stop", env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "not running" in again.stdout
+    # The session's server was never touched.
+    assert requests.get(f"{torchserve.settings.metrics_url}/metrics", timeout=10).ok

@@ -1,0 +1,101 @@
+"""``python -m training`` and ``python -m training.data`` as users and fixtures run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.net import MnistNet
+from training.export import state_dict_path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+PLOTS = ("training_history.png", "test_predictions.png", "confusion_matrix.png")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
+    )
+
+
+def test_data_command_finds_mnist_and_verifies_it(mnist_dir: Path) -> None:
+    result = _run("training.data", "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert "already present" in result.stdout and "label counts ok" in result.stdout
+
+
+@pytest.mark.slow
+def test_tiny_run_in_both_modes_writes_model_history_and_plots(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "store" / "tiny.pt"
+    results = tmp_path / "results"
+    result = _run(
+        "training", "--mode", "both", "--epochs", "2", "--batch-size", "64",
+        "--train-subset", "2000", "--test-samples", "8", "--seed", "3", "--no-cuda",
+        "--data-dir", str(mnist_dir), "--model-path", str(model_path),
+        "--results-dir", str(results),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout
+    assert "batch/s" in result.stderr and "acc=" in result.stderr  # the progress bar
+
+    history = json.loads((results / "training_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    for epoch in history["epochs"]:
+        assert epoch.keys() >= EPOCH_KEYS
+        assert 0 <= epoch["train_accuracy"] <= 1 and 0 <= epoch["test_accuracy"] <= 1
+        assert epoch["seconds"] > 0
+    assert history["epochs"][-1]["test_accuracy"] > 0.8
+    assert history["images_per_second"] > 0 and "seconds_to_99" in history
+    for plot in PLOTS:
+        assert (results / plot).read_bytes().startswith(PNG_SIGNATURE), plot
+
+    checkpoint = MnistNet()
+    checkpoint.load_state_dict(torch.load(state_dict_path(model_path), weights_only=True))
+    scripted = torch.jit.load(str(model_path))
+    batch = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(scripted(batch), checkpoint.eval()(batch), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_one_full_epoch_as_the_shared_fixture_runs_it(trained_model: Path) -> None:
+    history = json.loads((trained_model.parent / "results" / "training_history.json").read_text())
+    assert len(history["epochs"]) == 1
+    assert history["epochs"][0]["test_accuracy"] > 0.96
+
+
+@pytest.mark.slow
+def test_test_mode_evaluates_a_saved_model(trained_model: Path, mnist_dir: Path, tmp_path: Path):
+    result = _run(
+        "training", "--mode", "test", "--no-cuda", "--data-dir", str(mnist_dir),
+        "--model-path", str(trained_model), "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    accuracy = float(result.stdout.split("test accuracy ")[1].split(" %")[0])
+    assert accuracy > 96
+    for plot in PLOTS[1:]:
+        assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE)
+    assert not (tmp_path / "training_history.json").exists()
+
+
+def test_test_mode_without_a_model_says_so(mnist_dir: Path, tmp_path: Path) -> None:
+    result = _run(
+        "training", "--mode", "test", "--no-cuda", "--data-dir", str(mnist_dir),
+        "--model-path", str(tmp_path / "missing.pt"), "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no model at" in result.stderr and "--mode train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
+    result = _run("training", "--epochs", "0", "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr

@@ -1,0 +1,153 @@
+"""The training loop's pieces: preprocessing parity, augmentation, a short run, export, summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from handler.preprocessing import normalise
+from model.net import MnistNet
+from training import plots
+from training.data import MnistSplit, load_split
+from training.export import ExportMismatchError, check_agreement, export_torchscript
+from training.train import (
+    TrainConfig,
+    confusion_matrix,
+    evaluate,
+    fit,
+    random_affine,
+    seed_everything,
+    summarise,
+    to_model_input,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir: Path) -> tuple[MnistSplit, MnistSplit]:
+    return load_split(mnist_dir, train=True), load_split(mnist_dir, train=False)
+
+
+def test_training_input_is_exactly_what_the_handler_feeds(mnist) -> None:
+    _, test = mnist
+    batch = to_model_input(test.images[:5])
+    for index in range(5):
+        assert torch.equal(batch[index], normalise(test.images[index].numpy()))
+
+
+def test_augmentation_moves_pixels_but_keeps_shape_range_and_ink(mnist) -> None:
+    _, test = mnist
+    pixels = test.images[:32].unsqueeze(1).float() / 255
+    augmented = random_affine(pixels, torch.Generator().manual_seed(0))
+    assert augmented.shape == pixels.shape
+    assert augmented.min() >= 0 and augmented.max() <= 1
+    assert not torch.allclose(augmented, pixels, atol=0.05)
+    ink_ratio = augmented.sum(dim=(1, 2, 3)) / pixels.sum(dim=(1, 2, 3))
+    assert ink_ratio.min() > 0.7 and ink_ratio.max() < 1.3  # small changes, digit still there
+    again = random_affine(pixels, torch.Generator().manual_seed(0))
+    assert torch.equal(augmented, again)
+
+
+def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
+    train, test = mnist
+    config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.01, show_progress=False)
+    model = MnistNet()
+    subset = MnistSplit(train.images[:3000], train.labels[:3000])
+    held_out = MnistSplit(test.images[:2000], test.labels[:2000])
+    before = evaluate(model, held_out).accuracy
+    epochs, after = fit(model, subset, held_out, config, seed_everything(0))
+    assert before < 0.3
+    assert after.accuracy > 0.85
+    assert len(epochs) == 2 and epochs[1]["test_accuracy"] == after.accuracy
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_same_seed_gives_the_same_model(mnist) -> None:
+    train, test = mnist
+    config = TrainConfig(epochs=1, batch_size=100, show_progress=False)
+    subset = MnistSplit(train.images[:500], train.labels[:500])
+    held_out = MnistSplit(test.images[:200], test.labels[:200])
+    results = []
+    for _ in range(2):
+        generator = seed_everything(7)
+        model = MnistNet()
+        fit(model, subset, held_out, config, generator)
+        results.append(model.state_dict()["fc2.weight"].clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_torchscript_export_agrees_with_the_eager_model(mnist, tmp_path: Path) -> None:
+    _, test = mnist
+    torch.manual_seed(0)
+    model = MnistNet()
+    sample = to_model_input(test.images[:64])
+    path = export_torchscript(model, tmp_path / "model.pt", sample)
+    loaded = torch.jit.load(str(path))
+    assert torch.allclose(loaded(sample), model.eval()(sample), atol=1e-5)
+    assert not loaded.training
+
+
+def test_agreement_check_catches_a_different_model(mnist, tmp_path: Path) -> None:
+    _, test = mnist
+    sample = to_model_input(test.images[:16])
+    torch.manual_seed(0)
+    first = MnistNet()
+    torch.manual_seed(1)
+    other = torch.jit.script(MnistNet().eval())
+    with pytest.raises(ExportMismatchError, match="differ"):
+        check_agreement(first, other, sample)
+
+
+def test_confusion_matrix_counts_each_pair() -> None:
+    labels = torch.tensor([0, 0, 1, 9, 9, 9])
+    predictions = torch.tensor([0, 1, 1, 9, 9, 4])
+    matrix = confusion_matrix(labels, predictions)
+    assert matrix.shape == (10, 10) and matrix.sum() == 6
+    assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[9, 9] == 2 and matrix[9, 4] == 1
+
+
+def test_summary_finds_when_99_percent_was_first_reached() -> None:
+    epochs = [
+        {"epoch": 1, "test_accuracy": 0.98, "seconds": 5.0, "train_seconds": 4.0},
+        {"epoch": 2, "test_accuracy": 0.991, "seconds": 6.0, "train_seconds": 5.0},
+        {"epoch": 3, "test_accuracy": 0.989, "seconds": 7.0, "train_seconds": 6.0},
+    ]
+    summary = summarise(epochs, train_images=1000)
+    assert summary["epoch_reaching_99"] == 2 and summary["seconds_to_99"] == 11.0
+    assert summary["images_per_second"] == pytest.approx(3000 / 15)
+    assert summary["final_test_accuracy"] == 0.989
+    assert summarise(epochs[:1], 1000)["seconds_to_99"] is None
+
+
+def test_plots_are_written_as_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    probabilities = rng.dirichlet(np.ones(10), size=7)
+    labels = probabilities.argmax(1)
+    labels[0] = (labels[0] + 1) % 10  # one mistake to mark
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": 1 / e, "train_accuracy": 0.9,
+         "test_accuracy": 0.95}
+        for e in (1, 2)
+    ]  # fmt: skip
+    figures = {
+        "history.png": plots.plot_history(history, tmp_path / "history.png"),
+        "predictions.png": plots.plot_predictions(
+            images, labels, probabilities, tmp_path / "predictions.png"
+        ),
+        "bars.png": plots.plot_probability_bars(
+            images[:3], probabilities[:3], tmp_path / "bars.png"
+        ),
+        "confusion.png": plots.plot_confusion_matrix(
+            confusion_matrix(torch.tensor(labels), torch.tensor(probabilities.argmax(1))),
+            tmp_path / "confusion.png",
+        ),
+    }
+    for name in figures:
+        assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
+    title = figures["predictions.png"]._suptitle.get_text()
+    assert "1 mistaken" in title

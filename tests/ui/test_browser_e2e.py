@@ -1,0 +1,203 @@
+"""End to end: real headless Chromium, the real app process, real TorchServe and PostgreSQL.
+
+The app runs as `python -m client_ui` in a subprocess (not NiceGUI's `screen` fixture): that is
+exactly what `make run` starts, it reads its configuration from the environment like a user's
+shell would, it keeps NiceGUI's in-process `user` fixture free to run in the same pytest session,
+and the test ends it with SIGINT to check that Ctrl-C stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from client_ui import queries
+from client_ui.database import Database
+from serving.settings import get_settings
+from tests.conftest import PROJECT_ROOT, require_or_skip
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.postgres]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--window-size=1280,820",
+]
+
+#: Mouse paths (offsets from the canvas centre, in CSS pixels) for digits a person might draw.
+STROKES: dict[int, list[list[tuple[int, int]]]] = {
+    1: [[(0, -90), (0, 90)]],
+    7: [[(-70, -80), (70, -80), (-10, 95)]],
+    0: [
+        [(0, -90), (55, -60), (65, 0), (50, 60), (0, 90), (-50, 60), (-65, 0), (-55, -60), (0, -90)]
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        require_or_skip("REQUIRE_BROWSER", f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def app_url(torchserve: Any, postgres_url: str, tmp_path: Path) -> Iterator[str]:
+    """`python -m client_ui` against the test TorchServe and PostgreSQL; stopped with SIGINT."""
+    port = free_port()
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        # NiceGUI treats a process with PYTEST_CURRENT_TEST as its own test server.
+        if name != "PYTEST_CURRENT_TEST" and not name.startswith("NICEGUI_")
+    }
+    env = {
+        **inherited,
+        **torchserve.env,
+        "DATABASE_URL": postgres_url,
+        "UI_HOST": "127.0.0.1",
+        "UI_PORT": str(port),
+        "MNIST_DATA_DIR": str(tmp_path / "data"),
+    }
+    log_path = tmp_path / "app.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "client_ui"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(url, process, log_path)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            returncode = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert returncode == 0, f"the app did not stop cleanly on SIGINT:\n{log_path.read_text()}"
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"the app did not answer within 60 s:\n{log_path.read_text()}")
+
+
+def by_testid(driver: WebDriver, name: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'[data-testid="{name}"]')
+
+
+def draw(driver: WebDriver, canvas: WebElement, strokes: list[list[tuple[int, int]]]) -> None:
+    """Press, move in small steps and release the mouse, like a hand would."""
+    for path in strokes:
+        actions = ActionChains(driver, duration=10)
+        actions.move_to_element_with_offset(canvas, *path[0]).click_and_hold()
+        for (x0, y0), (x1, y1) in itertools.pairwise(path):
+            steps = 8
+            for _ in range(steps):
+                actions.move_by_offset(round((x1 - x0) / steps), round((y1 - y0) / steps))
+        actions.release().perform()
+
+
+def wait_for_text(driver: WebDriver, testid: str, predicate: Any, timeout: float = 30) -> str:
+    WebDriverWait(driver, timeout).until(lambda d: predicate(by_testid(d, testid).text))
+    return by_testid(driver, testid).text
+
+
+def test_draw_predict_label_and_find_the_row_in_postgres(
+    browser: WebDriver, app_url: str, postgres_url: str
+) -> None:
+    results_dir = get_settings().results_dir
+    results_dir.mkdir(parents=True, exist_ok=True)
+    browser.get(app_url)
+    canvas = WebDriverWait(browser, 20).until(lambda d: by_testid(d, "canvas"))
+    saved: dict[int, tuple[str, str]] = {}
+    for true_digit, strokes in STROKES.items():
+        by_testid(browser, "clear-button").click()
+        wait_for_text(browser, "predicted-digit", lambda text: text == "–")
+        draw(browser, canvas, strokes)
+        shown = wait_for_text(browser, "predicted-digit", lambda text: text.isdigit())
+        confidence = by_testid(browser, "confidence").text
+        assert confidence.endswith("%")
+        by_testid(browser, f"label-{true_digit}").click()
+        status = wait_for_text(
+            browser, "save-status", lambda text, d=true_digit: f"true label {d}." in text
+        )
+        row_id = int(status.split("#")[1].split(",")[0])
+        saved[row_id] = (shown, str(true_digit))
+    browser.save_screenshot(str(results_dir / "screenshot_draw.png"))
+
+    database = Database(postgres_url)
+    try:
+        with database.session() as session:
+            for row_id, (shown, true_digit) in saved.items():
+                row = queries.get_prediction(session, row_id)
+                assert row is not None
+                assert (str(row.predicted_digit), str(row.true_label)) == (shown, true_digit)
+                image = Image.open(io.BytesIO(row.image_data))
+                assert image.format == "PNG" and image.size == (280, 280)
+                assert row.model_version and row.latency_ms > 0
+                assert 0 <= row.confidence <= 1
+    finally:
+        database.dispose()
+
+    browser.set_window_size(1280, 1250)
+    browser.get(f"{app_url}/statistics")
+    wait_for_text(browser, "ts-health", lambda text: text.lower() == "healthy")
+    assert wait_for_text(browser, "count-labelled", lambda text: text.isdigit()) == str(len(saved))
+    time.sleep(1)  # let the charts finish drawing before the screenshot
+    browser.save_screenshot(str(results_dir / "screenshot_statistics.png"))
+    browser.set_window_size(1280, 820)

@@ -1,0 +1,105 @@
+"""A database outage never loses a drawing: it waits in the outbox and is saved later.
+
+The outage is real: the database does not exist yet (PostgreSQL) or its directory is missing
+(SQLite); it "comes back" when the test creates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from client_ui import queries
+from client_ui.database import Database
+from client_ui.models import utc_now
+from client_ui.outbox import Outbox, PredictionDraft
+from client_ui.store import PredictionStore
+from tests.fixtures.database import PostgresServer
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+def draft(key: str = "a1", predicted: int = 4) -> PredictionDraft:
+    return PredictionDraft(
+        key=key,
+        timestamp=utc_now(),
+        predicted_digit=predicted,
+        confidence=0.7,
+        image_data=PNG,
+        model_version="1.0",
+        latency_ms=5.0,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Database, Callable]]:
+    """A database that is down until the returned `bring_back()` is called."""
+    if request.param == "sqlite":
+        directory = tmp_path / "not-yet"
+        database = Database(f"sqlite:///{directory / 'predictions.db'}")
+        yield database, lambda: directory.mkdir()
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = server.new_name()
+        database = Database(server.url_for(name))
+        try:
+            yield database, lambda: server.create(name)
+        finally:
+            database.dispose()
+            server.drop(name)
+    database.dispose()
+
+
+def rows(database: Database) -> list[tuple[int, int | None]]:
+    with database.session() as session:
+        return [(p.predicted_digit, p.true_label) for p in queries.list_predictions(session)]
+
+
+def test_drawings_wait_in_the_outbox_and_are_saved_when_the_database_is_back(
+    outage: tuple[Database, Callable], tmp_path: Path
+) -> None:
+    database, bring_back = outage
+    store = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    assert not store.ensure_schema()
+
+    first = draft("a1", predicted=4)
+    assert store.save(first) is False
+    assert store.save(replace(first, true_label=9)) is False  # the label joins the pending draft
+    assert store.save(draft("b2", predicted=2)) is False
+    assert store.is_pending("a1") and store.pending_count() == 2
+    assert store.flush() == 0
+
+    bring_back()
+    assert store.flush() == 2
+    assert store.pending_count() == 0 and not store.is_pending("a1")
+    assert sorted(rows(database)) == [(2, None), (4, 9)]
+
+
+def test_the_outbox_survives_a_restart_of_the_app(
+    outage: tuple[Database, Callable], tmp_path: Path
+) -> None:
+    database, bring_back = outage
+    assert PredictionStore(database, Outbox(tmp_path / "outbox")).save(draft()) is False
+
+    bring_back()
+    restarted = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    assert restarted.flush() == 1
+    assert rows(database) == [(4, None)]
+
+
+def test_later_saves_of_a_drawing_update_its_row(sqlite_database: Database, tmp_path: Path) -> None:
+    store = PredictionStore(sqlite_database, Outbox(tmp_path / "outbox"))
+    first = draft("c3", predicted=1)
+    assert store.save(first)
+    assert store.save(replace(first, predicted_digit=7, true_label=7))
+    assert rows(sqlite_database) == [(7, 7)]
+    assert store.row_id("c3") is not None
+    assert store.pending_count() == 0
+
+
+def test_outbox_rejects_keys_that_are_not_plain_ids(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a drawing key"):
+        Outbox(tmp_path).put(draft(key="../escape"), None)

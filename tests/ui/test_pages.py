@@ -1,0 +1,272 @@
+"""Page flows with NiceGUI's simulated user and a fake model client (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nicegui import ui
+from nicegui.testing.user import User
+
+from client_ui import main, queries
+from client_ui.canvas import DrawingCanvas
+from client_ui.database import Database
+from client_ui.draw import PENDING_TEXT
+from client_ui.images import data_url
+from client_ui.models import utc_now
+from client_ui.outbox import Outbox, PredictionDraft
+from client_ui.services import AppServices
+from client_ui.store import PredictionStore
+from tests.ui.conftest import FakeModelClient, digit_png
+
+
+def stroke(user: User, png: bytes | None = None, strokes: int = 1) -> None:
+    """What canvas.js emits when a stroke ends."""
+    snapshot = {"strokes": strokes, "png": data_url(png) if png else None}
+    user.find(DrawingCanvas).trigger("stroke", snapshot)
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 5) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def stored(database: Database) -> list[tuple[int, int | None, bytes]]:
+    with database.session() as session:
+        return [
+            (p.predicted_digit, p.true_label, p.image_data)
+            for p in queries.list_predictions(session)
+        ]
+
+
+async def test_a_stroke_shows_the_prediction_and_saves_it(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    png = digit_png()
+    stroke(user, png)
+    await user.should_see("90.0%", marker="confidence")
+    digit = user.find(marker="predicted-digit").elements.pop()
+    assert digit.text == "3"
+    assert fake_client.requests == [png]
+    await user.should_see("Saved as #1")
+    model_view = user.find(marker="model-view").elements.pop()
+    assert model_view.source.startswith("data:image/png;base64,")
+    assert stored(services.database) == [(3, None, png)]
+
+
+async def test_clicking_a_label_confirms_it_and_more_strokes_update_the_same_row(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    user.find(marker="label-8").click()
+    await user.should_see("true label 8")
+    assert [(d, label) for d, label, _ in stored(services.database)] == [(3, 8)]
+
+    fake_client.digit = 5
+    stroke(user, digit_png(), strokes=2)
+    await user.should_see("Saved as #1.")
+    assert [(d, label) for d, label, _ in stored(services.database)] == [(5, None)]
+
+
+async def test_an_empty_canvas_gives_a_hint_and_no_request(
+    user: User, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    stroke(user, None, strokes=0)
+    await user.should_see("The canvas is empty")
+    user.find(marker="label-2").click()
+    await user.should_see("Draw a digit first")
+    assert fake_client.requests == []
+
+
+async def test_model_server_down_shows_a_banner_and_retry_works_when_it_is_back(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    fake_client.down = True
+    png = digit_png()
+    stroke(user, png)
+    await user.should_see(marker="server-banner")
+    await user.should_see("The model server is not reachable.")
+    assert stored(services.database) == []
+
+    fake_client.down = False
+    user.find(marker="retry-button").click()
+    await user.should_see("Saved as #1")
+    await user.should_not_see(marker="server-banner")
+    assert fake_client.requests == [png]
+
+
+async def test_database_down_keeps_the_prediction_and_saves_it_later(
+    user: User, tmp_path: Path, fake_client: FakeModelClient, services: AppServices
+) -> None:
+    missing = tmp_path / "db-comes-later"
+    down = Database(f"sqlite:///{missing / 'predictions.db'}")
+    services.database = down
+    services.store = PredictionStore(down, Outbox(tmp_path / "pending"))
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("90.0%", marker="confidence")
+    await user.should_see(PENDING_TEXT)
+    user.find(marker="label-3").click()
+    await user.should_see(PENDING_TEXT)
+
+    missing.mkdir()
+    assert services.store.flush() == 1
+    await user.should_see("Saved as #1, true label 3.", retries=40)
+    assert [(d, label) for d, label, _ in stored(down)] == [(3, 3)]
+    down.dispose()
+
+
+async def test_undo_predicts_again_or_hints_when_nothing_is_left(
+    user: User, fake_client: FakeModelClient
+) -> None:
+    left: list[dict] = [{"strokes": 1, "png": data_url(digit_png())}, {"strokes": 0, "png": None}]
+    user.javascript_rules[re.compile(r'return runMethod\(\d+, "undo"')] = lambda _: left.pop(0)
+    await user.open("/")
+    stroke(user, digit_png(), strokes=2)
+    await user.should_see("Saved as #1")
+    user.find(marker="undo-button").click()
+    await eventually(lambda: len(fake_client.requests) == 2)
+    await user.should_see("Saved as #1")
+    user.find(marker="undo-button").click()
+    await user.should_see("The canvas is empty")
+    assert len(fake_client.requests) == 2
+
+
+async def test_the_stroke_width_slider_reaches_the_canvas(user: User) -> None:
+    await user.open("/")
+    user.find(marker="stroke-width").elements.pop().set_value(30)
+    assert user.find(DrawingCanvas).elements.pop().props["strokeWidth"] == 30
+
+
+async def test_clear_resets_the_page(user: User, fake_client: FakeModelClient) -> None:
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("90.0%", marker="confidence")
+    user.find(marker="clear-button").click()
+    await user.should_not_see("90.0%")
+    assert user.find(marker="predicted-digit").elements.pop().text == "–"
+
+
+def add_rows(database: Database, rows: list[tuple[int, int | None]]) -> None:
+    with database.session() as session:
+        for predicted, label in rows:
+            queries.insert_prediction(
+                session,
+                {
+                    "predicted_digit": predicted,
+                    "true_label": label,
+                    "confidence": 0.75,
+                    "image_data": digit_png(28),
+                    "model_version": "1.0",
+                    "latency_ms": 3.0,
+                },
+            )
+
+
+async def test_history_filters_relabels_deletes_and_exports(
+    user: User, services: AppServices
+) -> None:
+    add_rows(services.database, [(1, 1), (1, 7), (4, None)])
+    await user.open("/history")
+    await user.should_see("3 drawings")
+    correctness = user.find(marker="filter-correct").elements.pop()
+    correctness.set_value("wrong")
+    await user.should_see("· 1 drawing")
+    await user.should_see(marker="row-2")
+    await user.should_not_see(marker="row-1")
+
+    relabel = user.find(marker="relabel-2").elements.pop()
+    relabel.set_value(1)
+    await user.should_see("No drawings match.")
+    with services.database.session() as session:
+        assert queries.get_prediction(session, 2).true_label == 1  # type: ignore[union-attr]
+
+    correctness.set_value("any")
+    await user.should_see("3 drawings")
+    user.find(marker="delete-3").click()
+    await user.should_see("2 drawings")
+
+    user.find(marker="export-csv").click()
+    await user.download.next()
+    records = list(csv.DictReader(io.StringIO(user.download.http_responses[-1].text)))
+    assert sorted(r["id"] for r in records) == ["1", "2"]
+
+
+async def test_history_pages_through_many_rows(user: User, services: AppServices) -> None:
+    add_rows(services.database, [(digit % 10, None) for digit in range(25)])
+    await user.open("/history")
+    await user.should_see("Page 1 of 2 · 25 drawings")
+    user.find(marker="page-next").click()
+    await user.should_see("Page 2 of 2")
+    rows = [
+        e
+        for e in user.find(ui.row).elements
+        if re.fullmatch(r"row-\d+", e.props.get("data-testid", ""))
+    ]
+    assert len(rows) == 5
+
+
+async def test_statistics_page_shows_accuracy_matrix_and_server_status(
+    user: User, services: AppServices
+) -> None:
+    add_rows(services.database, [(1, 1), (1, 7), (7, 7), (2, None)])
+    await user.open("/statistics")
+    await user.should_see("66.7%", marker="accuracy-overall")
+    await user.should_see("4", marker="count-total")
+    await user.should_see("Healthy", marker="ts-health")
+    await user.should_see("1.0", marker="ts-model-version")
+    await user.should_see("5.0 ms", marker="ts-latency")
+    await user.should_see(marker="confusion-matrix")
+
+
+async def test_statistics_page_says_when_the_model_server_is_down(
+    user: User, fake_client: FakeModelClient
+) -> None:
+    fake_client.down = True
+    await user.open("/statistics")
+    await user.should_see("unreachable", marker="ts-health")
+
+
+async def test_the_outbox_worker_saves_pending_drawings_once_the_database_is_back(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "db-comes-later"
+    down = Database(f"sqlite:///{missing / 'predictions.db'}")
+    store = PredictionStore(down, Outbox(tmp_path / "pending"))
+    assert store.save(draft_for_worker()) is False
+    monkeypatch.setattr(main, "OUTBOX_RETRY_SECONDS", 0.05)
+    worker = asyncio.create_task(main._deliver_outbox(AppServices(down, store, FakeModelClient())))
+    try:
+        await asyncio.sleep(0.2)
+        assert store.pending_count() == 1
+        missing.mkdir()
+        await eventually(lambda: store.pending_count() == 0)
+    finally:
+        worker.cancel()
+    assert [(d, label) for d, label, _ in stored(down)] == [(6, None)]
+    down.dispose()
+
+
+def draft_for_worker() -> PredictionDraft:
+    return PredictionDraft(
+        key="w1",
+        timestamp=utc_now(),
+        predicted_digit=6,
+        confidence=0.5,
+        image_data=digit_png(28),
+        model_version="1.0",
+        latency_ms=4.0,
+    )
