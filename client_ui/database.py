@@ -26,10 +26,6 @@ class Database:
             url, pool_pre_ping=True, connect_args=_connect_args(url)
         )
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
     def create_tables(self) -> None:
         SQLModel.metadata.create_all(self.engine)
 

@@ -149,10 +149,13 @@ class DrawPage:
             return
         self.server_banner.set_visibility(False)
         self.hint.set_text("Keep drawing, or click the true label below.")
-        self.draft = _draft_from_answer(self.drawing_key, answer, png, latency_ms)
-        self._show_answer(self.draft, answer)
-        await self._show_model_view(png)
-        await self._save(self.draft)
+        draft = _draft_from_answer(self.drawing_key, answer, png, latency_ms)
+        self.draft = draft
+        self._show_answer(draft, answer)
+        view = await self._model_view(png)
+        if sequence == self.sequence:
+            self.model_view.set_source(data_url(view) if view else "")
+        await self._save(draft)
 
     async def confirm_label(self, digit: int) -> None:
         if self.draft is None:
@@ -163,7 +166,10 @@ class DrawPage:
         await self._save(self.draft)
 
     async def _save(self, draft: PredictionDraft) -> None:
+        """Save even if the canvas was cleared meanwhile; report only on the current drawing."""
         saved = await run.io_bound(self.services.store.save, draft)
+        if draft.key != self.drawing_key:
+            return
         self.waiting_for_database = not saved
         self._show_save_status(draft)
 
@@ -199,13 +205,11 @@ class DrawPage:
         self.details.set_text(f"model {draft.model_version} · {draft.latency_ms:.0f} ms round trip")
         self._highlight_label(None)
 
-    async def _show_model_view(self, png: bytes) -> None:
+    async def _model_view(self, png: bytes) -> bytes | None:
         try:
-            view = await run.io_bound(model_view_png, png)
+            return await run.io_bound(model_view_png, png)
         except InvalidInputError:
-            self.model_view.set_source("")
-            return
-        self.model_view.set_source(data_url(view))
+            return None
 
     def _highlight_label(self, digit: int | None) -> None:
         for index, button in enumerate(self.label_buttons):

@@ -142,7 +142,6 @@ class Statistics:
     correct: int = 0
     #: confusion[true][predicted]
     confusion: list[list[int]] = field(default_factory=lambda: [[0] * 10 for _ in DIGITS])
-    predicted_counts: list[int] = field(default_factory=lambda: [0] * 10)
     #: (time of a labelled drawing, accuracy over the last ROLLING_WINDOW labelled), oldest first
     timeline: list[tuple[datetime, float]] = field(default_factory=list)
     confidence_right: list[float] = field(default_factory=list)
@@ -181,7 +180,6 @@ def compute_statistics(session: Session) -> Statistics:
     rows = session.exec(statement.order_by(col(Prediction.timestamp), col(Prediction.id)))
     for predicted, label, confidence, stamp in rows:
         stats.total += 1
-        stats.predicted_counts[predicted] += 1
         if label is None:
             continue
         right = label == predicted

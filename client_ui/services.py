@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from client_ui.database import Database
 from client_ui.outbox import Outbox
 from client_ui.store import PredictionStore
+from serving.client import TorchServeClient
 from serving.settings import Settings
 
 
@@ -31,8 +32,6 @@ class AppServices:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppServices:
-        from serving.client import TorchServeClient  # only the real app needs it
-
         database = Database(settings.database_url)
         store = PredictionStore(database, Outbox(settings.data_dir / "outbox"))
         return cls(database=database, store=store, model_client=TorchServeClient(settings))

@@ -101,14 +101,28 @@ def _chart_card(title: str, options: dict[str, Any], name: str) -> None:
 def _per_digit_chart(stats: Statistics) -> None:
     accuracy = [stats.accuracy_per_digit(digit) for digit in range(10)]
     _chart_card(
-        "Accuracy per true digit",
+        "Accuracy and labelled drawings per true digit",
         {
             "animation": False,
             "tooltip": {"trigger": "axis"},
+            "legend": {"data": ["accuracy", "labelled"]},
             "xAxis": {"type": "category", "data": DIGIT_NAMES},
-            "yAxis": {"type": "value", "min": 0, "max": 1},
+            "yAxis": [
+                {"type": "value", "min": 0, "max": 1},
+                {"type": "value", "minInterval": 1, "splitLine": {"show": False}},
+            ],
             "series": [
-                {"type": "bar", "data": [None if a is None else round(a, 3) for a in accuracy]}
+                {
+                    "name": "accuracy",
+                    "type": "bar",
+                    "data": [None if a is None else round(a, 3) for a in accuracy],
+                },
+                {
+                    "name": "labelled",
+                    "type": "line",
+                    "yAxisIndex": 1,
+                    "data": [stats.labelled_per_digit(digit) for digit in range(10)],
+                },
             ],
         },
         "chart-per-digit",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench import analysis, report
+from serving.bench.analysis import LABELS
 from serving.bench.instance import free_ports
 from serving.bench.loadgen import LoadSpec, Payload, run_grpc, run_rest
 from serving.bench.plan import FULL, QUICK, SHIPPED, SHIPPED_UNBATCHED, Plan, tuning_variants
@@ -32,6 +34,10 @@ from serving.settings import PROJECT_ROOT, get_settings
 Entry = dict[str, Any]
 DRAWING_STYLE = "canvas_transparent"
 BASELINE_START_TIMEOUT_S = 30.0
+LOAD_GENERATOR = (
+    "asyncio + aiohttp (REST, a keep-alive connection per caller), grpc.aio (gRPC, up to 4 "
+    "HTTP/2 channels); closed loop, in the benchmark process, separate from TorchServe"
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -105,7 +111,7 @@ def measure_loadgen(plan: Plan, payloads: Sequence[Payload]) -> list[Entry]:
                 summary = asyncio.run(run).summary()
                 entries.append(
                     {
-                        "name": f"load generator alone {protocol.upper()} c={concurrency}",
+                        "name": f"load generator alone {LABELS[protocol]} c={concurrency}",
                         "kind": "loadgen",
                         "protocol": protocol,
                         "concurrency": concurrency,
@@ -167,6 +173,7 @@ def training_entry(history_path: Path, plan: Plan, data_dir: Path, workdir: Path
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     started = datetime.now(timezone.utc)
+    machine = report.machine_info()
     model_path = ensure_model(args.model_path, args.data_dir, args.results_dir, plan)
     payloads = load_payloads(plan.drawings, args.data_dir)
     entries: list[Entry] = []
@@ -189,15 +196,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_end": os.getloadavg()[0],
         "mode": "quick" if plan.quick else "full",
-        "machine": report.machine_info(),
+        "machine": machine,
         "setup": {
             "model_path": str(model_path),
             "drawings": len(payloads),
             "drawing_style": DRAWING_STYLE,
             "mean_drawing_bytes": sum(len(p.body) for p in payloads) / len(payloads),
-            "load_generator": "asyncio + aiohttp (REST, keep-alive pool), grpc.aio (gRPC, one "
-            "channel); closed loop, in the benchmark process, separate from TorchServe",
+            "load_generator": LOAD_GENERATOR,
         },
         "stages_us": stages,
         "worker_profile": worker,

@@ -195,7 +195,15 @@ def stop(settings: Settings) -> bool:
     handle = running_instance(settings)
     if handle is None:
         return False
-    frontend = psutil.Process(handle.pid)
+    with suppress(psutil.NoSuchProcess):  # it may end on its own meanwhile
+        _terminate(psutil.Process(handle.pid))
+    pid_file(settings).unlink(missing_ok=True)
+    settings.key_file.unlink(missing_ok=True)
+    return True
+
+
+def _terminate(frontend: psutil.Process) -> None:
+    """SIGTERM lets TorchServe stop its workers; whatever is left after the grace time is killed."""
     workers = frontend.children(recursive=True)
     frontend.terminate()
     try:
@@ -206,9 +214,6 @@ def stop(settings: Settings) -> bool:
     for worker in alive:
         with suppress(psutil.NoSuchProcess):
             worker.kill()
-    pid_file(settings).unlink(missing_ok=True)
-    settings.key_file.unlink(missing_ok=True)
-    return True
 
 
 def log_tail(settings: Settings, lines: int = LOG_TAIL_LINES) -> str:

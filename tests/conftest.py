@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.settings import get_settings
+from tests.fixtures.serving import torchserve  # noqa: F401
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

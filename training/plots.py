@@ -71,7 +71,7 @@ def plot_predictions(
             spine.set_color(colour)
             spine.set_linewidth(1 if correct else 3)
     mistakes = sum(int(np.argmax(p)) != int(y) for p, y in zip(probabilities, labels, strict=True))
-    figure.suptitle(f"{count} test digits, {mistakes} mistaken (red)")
+    figure.suptitle(f"{count} test digits, {mistakes} mistaken (red, ✗)")
     return _save(figure, path)
 
 

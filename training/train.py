@@ -50,8 +50,9 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int = 128
     learning_rate: float = 0.005
-    # Augmentation and Dropout2d already regularise enough; dropping fc units on top cost
-    # accuracy at this short schedule (measured: 98.9 % with 0.5, 99.2 % with 0.0 at 6-8 epochs).
+    # Dropout before the last layer. Augmentation and Dropout2d already regularise enough; at
+    # this short schedule 0.5 here cost accuracy (measured: 98.9-99.0 % with 0.5, 99.1-99.3 %
+    # with 0.0, over 6-8 epochs and three seeds).
     dropout: float = 0.0
     seed: int = 1
     augment: bool = True
@@ -244,14 +245,24 @@ def summarise(epochs: list[dict], train_images: int) -> dict:
     }
 
 
+def sample_indices(labels: torch.Tensor, predictions: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` test images, with up to a quarter swapped for the first mistakes so
+    that the picture shows what the model gets wrong, not only what it gets right."""
+    wrong = (predictions != labels.cpu()).nonzero().flatten()[: count // 4]
+    right = (predictions == labels.cpu()).nonzero().flatten()[: count - len(wrong)]
+    return torch.cat([right, wrong]).sort().values
+
+
 def write_evaluation_plots(
     test: MnistSplit, evaluation: Evaluation, results_dir: Path, samples: int
 ) -> None:
     """The sample-prediction grid and the confusion matrix."""
-    images = test.images[:samples].cpu().numpy()
-    labels = test.labels[:samples].cpu().numpy()
+    index = sample_indices(test.labels, evaluation.predictions, samples)
     plots.plot_predictions(
-        images, labels, evaluation.probabilities[:samples].numpy(), results_dir / PREDICTIONS_PLOT
+        test.images.cpu()[index].numpy(),
+        test.labels.cpu()[index].numpy(),
+        evaluation.probabilities[index].numpy(),
+        results_dir / PREDICTIONS_PLOT,
     )
     matrix = confusion_matrix(test.labels, evaluation.predictions)
     plots.plot_confusion_matrix(matrix, results_dir / CONFUSION_PLOT)

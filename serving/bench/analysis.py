@@ -14,6 +14,7 @@ REST_C32_P99_MS = 100.0
 BATCH_PENALTY_MS = 1.0
 COLD_START_S = 10.0
 GRPC_TOLERANCE = 0.05
+LABELS = {"rest": "REST", "grpc": "gRPC"}
 
 
 def find(entries: list[Entry], **wanted: Any) -> Entry | None:
@@ -195,6 +196,13 @@ def _grpc_target(entries: list[Entry]) -> Entry:
         f"c=32 {grpc32['requests_per_s']:.0f} vs {rest32['requests_per_s']:.0f} req/s"
     )
     note = f"within {GRPC_TOLERANCE:.0%} counts as equal (run-to-run noise)"
+    if not (latency_ok and throughput_ok):
+        note += (
+            f"; frontend CPU per request at c=32: gRPC {grpc32['frontend_cpu_ms_per_request']:.2f}"
+            f" vs REST {rest32['frontend_cpu_ms_per_request']:.2f} ms, load generator "
+            f"{grpc32['client_cpu_ms_per_request']:.2f} vs "
+            f"{rest32['client_cpu_ms_per_request']:.2f} ms (grpc.aio costs more than aiohttp)"
+        )
     return _target("gRPC vs REST", "at least as fast", measured, latency_ok and throughput_ok, note)
 
 

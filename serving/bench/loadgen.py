@@ -20,6 +20,7 @@ import numpy as np
 
 REQUEST_TIMEOUT_S = 10.0
 MAX_ERROR_SAMPLES = 5
+GRPC_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -179,23 +180,33 @@ async def run_grpc(
     *,
     on_start: Callable[[], None] = _nothing,
 ) -> LoadResult:
-    """Unary `Predictions` calls multiplexed over one HTTP/2 channel."""
+    """Unary `Predictions` calls spread round robin over up to 4 HTTP/2 connections, so that
+    TorchServe's gRPC server reads them on more than one event-loop thread (as REST's pool of
+    connections does). Channels need distinct options, or grpc shares one connection."""
     import grpc
 
     from serving.bench.grpc_api import inference_module
 
     messages, services = inference_module()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = services.InferenceAPIsServiceStub(channel)
+    opened = [
+        grpc.aio.insecure_channel(target, options=[("grpc.channel_id", index)])
+        for index in range(min(GRPC_CHANNELS, spec.concurrency))
+    ]
+    stubs = itertools.cycle([services.InferenceAPIsServiceStub(channel) for channel in opened])
+    call_metadata = tuple(metadata)
 
-        async def send(body: bytes) -> int:
-            request = messages.PredictionsRequest(model_name=model_name, input={"data": body})
-            try:
-                response = await stub.Predictions(
-                    request, metadata=tuple(metadata), timeout=REQUEST_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as error:
-                raise RequestFailedError(f"gRPC {error.code().name}: {error.details()}") from error
-            return _digit_from(response.prediction)
+    async def send(body: bytes) -> int:
+        request = messages.PredictionsRequest(model_name=model_name, input={"data": body})
+        try:
+            response = await next(stubs).Predictions(
+                request, metadata=call_metadata, timeout=REQUEST_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            raise RequestFailedError(f"gRPC {error.code().name}: {error.details()}") from error
+        return _digit_from(response.prediction)
 
+    try:
         return await _drive(send, payloads, spec, on_start)
+    finally:
+        for channel in opened:
+            await channel.close()

@@ -146,7 +146,7 @@ def tuning_variants() -> list[Variant]:
         _candidate("unbatched", "candidate with batchSize 1", {"batchSize": 1, "maxBatchDelay": 0}),
         _candidate(
             "delay-0",
-            "candidate with maxBatchDelay 0 (TorchServe then stops a batch at 2)",
+            "candidate with maxBatchDelay 0, which TorchServe 0.12 replaces by its default 100 ms",
             {"maxBatchDelay": 0},
         ),
         _candidate("delay-5", "candidate with maxBatchDelay 5", {"maxBatchDelay": 5}),

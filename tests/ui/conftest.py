@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,14 @@ class FakeModelClient:
         self.digit = digit
         self.confidence = confidence
         self.down = False
+        self.delay_s = 0.0
         self.requests: list[bytes] = []
 
     def predict(self, image_bytes: bytes) -> dict[str, Any]:
         if self.down:
             raise ServerUnavailableError("connection refused (fake)")
         self.requests.append(image_bytes)
+        time.sleep(self.delay_s)
         rest = (1 - self.confidence) / 9
         probabilities = [self.confidence if d == self.digit else rest for d in range(10)]
         return {

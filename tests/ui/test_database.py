@@ -139,7 +139,7 @@ def test_statistics(database: Database) -> None:
     assert stats.confusion[7][1] == 1 and stats.confusion[7][7] == 1
     assert sorted(stats.confidence_right) == [0.9, 0.95]
     assert stats.confidence_wrong == [0.55]
-    assert stats.predicted_counts[1] == 2
+    assert stats.labelled_per_digit(7) == 2
     assert stats.mean_confidence_wrong == pytest.approx(0.55)
     assert [accuracy for _, accuracy in stats.timeline] == pytest.approx([1.0, 0.5, 2 / 3])
     assert all(stamp.tzinfo is not None for stamp, _ in stats.timeline)

@@ -151,6 +151,21 @@ async def test_the_stroke_width_slider_reaches_the_canvas(user: User) -> None:
     assert user.find(DrawingCanvas).elements.pop().props["strokeWidth"] == 30
 
 
+async def test_an_answer_for_a_drawing_cleared_meanwhile_is_dropped(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    fake_client.delay_s = 0.3
+    await user.open("/")
+    stroke(user, digit_png())
+    await eventually(lambda: len(fake_client.requests) == 1)
+    user.find(marker="clear-button").click()
+    await asyncio.sleep(0.6)
+    assert stored(services.database) == []
+    assert user.find(marker="predicted-digit").elements.pop().text == "–"
+    assert user.find(marker="model-view").elements.pop().source == ""
+    assert user.find(marker="save-status").elements.pop().text == ""
+
+
 async def test_clear_resets_the_page(user: User, fake_client: FakeModelClient) -> None:
     await user.open("/")
     stroke(user, digit_png())
