@@ -185,12 +185,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         worker = profile_worker(mar, payloads, workdir, plan)
         entries += measure_loadgen(plan, payloads)
         entries += measure_variant(
-            SHIPPED, mar, workdir, plan, payloads, shipped_runs(plan), "main"
+            SHIPPED, mar, workdir, plan, payloads, shipped_runs(plan), "main", plan.warmup_seconds
         )
         if not plan.quick:
+            runs, warmup = tuning_runs(plan), plan.tuning_warmup_seconds
             for variant in [SHIPPED_UNBATCHED, *tuning_variants()]:
-                runs = tuning_runs(plan)
-                entries += measure_variant(variant, mar, workdir, plan, payloads, runs, "tuning")
+                entries += measure_variant(
+                    variant, mar, workdir, plan, payloads, runs, "tuning", warmup
+                )
         entries.append(training_entry(args.training_history, plan, args.data_dir, workdir))
     analysis.add_ratios(entries)
     return {

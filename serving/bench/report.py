@@ -322,8 +322,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['date']} on {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB; {machine['os']}; Python {machine['python']}, torch "
         f"{machine['torch']}, TorchServe {machine['torchserve']}, {machine['java']}. "
-        f"Load average (1 min) at the start {machine['load_average_1m']:.2f}, at the end "
-        f"{results['load_average_at_end']:.2f}: above 2 means other work shared the 2 cores.",
+        f"Load average (1 min) just before the run: {machine['load_average_1m']:.2f} (well "
+        "above 0 means other work shared the 2 cores and the figures are pessimistic).",
         "",
         f"Inputs: {setup['drawings']} MNIST test digits drawn like a browser canvas "
         f"({setup['drawing_style']}, mean {setup['mean_drawing_bytes']:.0f} bytes of PNG), "

@@ -83,9 +83,10 @@ def _served_entry(instance: Instance, run: Run, plan: Plan, payloads: Sequence[P
     }
 
 
-def _warm_up(instance: Instance, plan: Plan, payloads: Sequence[Payload]) -> None:
-    """Let the JVM compile its hot paths before anything is recorded."""
-    spec = LoadSpec(8, plan.max_requests, plan.warmup_seconds / 2)
+def _warm_up(instance: Instance, seconds: float, plan: Plan, payloads: Sequence[Payload]) -> None:
+    """Load REST and gRPC with 32 callers so the JIT compiles the hot paths before anything
+    is recorded."""
+    spec = LoadSpec(32, plan.max_requests, seconds / 2)
     asyncio.run(run_rest(instance.predict_url, instance.headers(), payloads, spec))
     metadata = instance.grpc_metadata()
     asyncio.run(run_grpc(instance.grpc_target, instance.model_name, metadata, payloads, spec))
@@ -132,6 +133,7 @@ def measure_variant(
     payloads: Sequence[Payload],
     runs: list[Run],
     group: str,
+    warmup_seconds: float,
 ) -> list[Entry]:
     """Start one TorchServe for `variant`, do `runs` against it, stop it. A variant that
     fails to start is recorded as a failure, not fatal to the whole benchmark."""
@@ -139,7 +141,7 @@ def measure_variant(
     try:
         with running(variant, mar, server.CONFIG_PATH, workdir / variant.name) as ts:
             entries = [_cold_start_entry(ts, group)]
-            _warm_up(ts, plan, payloads)
+            _warm_up(ts, warmup_seconds, plan, payloads)
             entries[0]["idle_cpu_percent"] = _idle_cpu_percent(ts)
             for run in runs:
                 entry = _served_entry(ts, run, plan, payloads)
