@@ -81,6 +81,9 @@ SHIPPED_UNBATCHED = Variant(
 # then starts a new thread per task: TorchServe's WorkerThread does that once per batch
 # (seen with Flight Recorder: one "Thread-N" started per request at concurrency 1).
 FORK_JOIN = "-Djava.util.concurrent.ForkJoinPool.common.parallelism=4"
+# On 2 cores the C2 compiler threads and G1's concurrent threads compete with the workers;
+# the serial collector and the quick C1 compiler cost less CPU per request here.
+SERIAL_C1 = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
 # TorchServe's built-in log4j2.xml logs org.pytorch.serve at DEBUG, twice into ts_log.log and
 # once to stdout, and every line a worker prints into model_log.log: several synchronous writes
@@ -116,7 +119,8 @@ QUIET_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 </Configuration>
 """
 
-# The configuration the measurements point to; every tuning row changes one thing from it.
+# The configuration the measurements point to (and the repository ships); every tuning row
+# changes one thing from it.
 CANDIDATE_MODEL = {
     "minWorkers": 2,
     "maxWorkers": 2,
@@ -124,7 +128,7 @@ CANDIDATE_MODEL = {
     "maxBatchDelay": 1,
     "handler": {"torch_threads": 1},
 }
-CANDIDATE_PROPERTIES = {"vmargs": FORK_JOIN}
+CANDIDATE_PROPERTIES = {"vmargs": f"{FORK_JOIN} {SERIAL_C1}"}
 
 
 def _candidate(
@@ -132,7 +136,7 @@ def _candidate(
     description: str,
     model: dict[str, Any] | None = None,
     properties: dict[str, str] | None = None,
-    quiet_logs: bool = True,
+    quiet_logs: bool = False,
 ) -> Variant:
     return Variant(
         name,
@@ -148,7 +152,7 @@ def tuning_variants() -> list[Variant]:
     return [
         _candidate(
             "candidate",
-            "2 workers, 1 torch thread, batch <= 8 waiting <= 1 ms, JVM ForkJoin fix, quiet logs",
+            "as shipped: 2 workers x 1 thread, batch <= 8 waiting <= 1 ms, JVM options",
         ),
         _candidate("1-worker", "candidate with 1 worker", {"minWorkers": 1, "maxWorkers": 1}),
         _candidate("unbatched", "candidate with batchSize 1", {"batchSize": 1, "maxBatchDelay": 0}),
@@ -167,9 +171,23 @@ def tuning_variants() -> list[Variant]:
             "2-threads", "candidate with 2 torch threads", {"handler": {"torch_threads": 2}}
         ),
         _candidate(
-            "no-fj-fix", "candidate without the ForkJoin JVM option", properties={"vmargs": ""}
+            "no-fj-fix",
+            "candidate without the ForkJoin JVM option",
+            properties={"vmargs": SERIAL_C1},
         ),
-        _candidate("default-logs", "candidate with TorchServe's own log4j2.xml", quiet_logs=False),
+        _candidate(
+            "g1-c2",
+            "candidate with the JVM's default G1 collector and C2 compiler",
+            properties={"vmargs": FORK_JOIN},
+        ),
+        _candidate(
+            "parallel-gc",
+            "candidate with -XX:+UseParallelGC and the C2 compiler",
+            properties={"vmargs": f"{FORK_JOIN} -XX:+UseParallelGC"},
+        ),
+        _candidate(
+            "quiet-logs", "candidate with a log4j2.xml without per-request lines", quiet_logs=True
+        ),
         _candidate(
             "netty-1",
             "candidate with 1 Netty server thread and 1 worker-IPC thread",
@@ -179,16 +197,6 @@ def tuning_variants() -> list[Variant]:
             "netty-4",
             "candidate with 4 Netty server threads and 4 worker-IPC threads",
             properties={"number_of_netty_threads": "4", "netty_client_threads": "4"},
-        ),
-        _candidate(
-            "parallel-gc",
-            "candidate with -XX:+UseParallelGC and a fixed 512 MB heap",
-            properties={"vmargs": f"{FORK_JOIN} -XX:+UseParallelGC -Xms512m -Xmx512m"},
-        ),
-        _candidate(
-            "serial-gc-c1",
-            "candidate with -XX:+UseSerialGC -XX:TieredStopAtLevel=1 (quick JIT, small heap)",
-            properties={"vmargs": f"{FORK_JOIN} -XX:+UseSerialGC -XX:TieredStopAtLevel=1"},
         ),
         _candidate(
             "async-logging",

@@ -340,7 +340,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_tuning(entries),
         *_loadgen(entries),
         *_training(entries),
-        "Re-run: `make bench` (full, a few minutes) or `make bench QUICK=1` (under a minute). "
+        "Re-run: `make bench` (full, about 10 minutes) or `make bench QUICK=1` (under a minute). "
         "Raw figures: `results/benchmark.json`; plot: `results/benchmark.png`.",
         "",
     ]
