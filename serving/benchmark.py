@@ -30,6 +30,7 @@ from serving.bench.loadgen import LoadSpec, Payload, run_grpc, run_rest
 from serving.bench.plan import FULL, QUICK, SHIPPED, SHIPPED_UNBATCHED, Plan, tuning_variants
 from serving.bench.served import measure_variant, shipped_runs, tuning_runs
 from serving.settings import PROJECT_ROOT, get_settings
+from training.drawings import drawings
 
 Entry = dict[str, Any]
 DRAWING_STYLE = "canvas_transparent"
@@ -74,8 +75,6 @@ def ensure_model(model_path: Path, data_dir: Path, results_dir: Path, plan: Plan
 
 def load_payloads(count: int, data_dir: Path) -> list[Payload]:
     """MNIST test digits drawn like a browser canvas (black ink on transparent PNG)."""
-    from tests.drawings import drawings
-
     if not (data_dir / "MNIST" / "raw").is_dir():
         _run_module(["training.data", "--data-dir", str(data_dir)])
     return [

@@ -13,7 +13,7 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from model.predictor import MNISTPredictor
-from tests.drawings import load_mnist_test
+from training.drawings import load_mnist_test
 
 HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
 METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.(\w+):([\d.]+)\|#([^|]*)\|#type:(\w+)")

@@ -11,8 +11,8 @@ import torch
 
 from handler.mnist_handler import MNISTHandler, choose_device, torch_threads
 from model.predictor import MNISTPredictor
-from tests.drawings import drawings
 from tests.handler.conftest import WorkerContext, emitted_metrics
+from training.drawings import drawings
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 
 from handler.preprocessing import InvalidInputError, decode_image
 from model.predictor import MNISTPredictor
-from tests.drawings import STYLES, drawings
+from training.drawings import STYLES, drawings
 
 DIGITS_PER_STYLE = 200
 # A drawing may cost a little accuracy against the same digits as MNIST images, not more

@@ -21,7 +21,7 @@ from handler.preprocessing import (
     preprocess,
     to_mnist_pixels,
 )
-from tests.drawings import STYLES, drawings
+from training.drawings import STYLES, drawings
 from training.train import to_model_input
 
 

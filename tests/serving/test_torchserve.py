@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw
 from model.predictor import MNISTPredictor, Prediction
 from serving.client import InputRejectedError, TorchServeClient
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
-from tests.drawings import STYLES, drawings
 from tests.fixtures.serving import RunningTorchServe
+from training.drawings import STYLES, drawings
 
 pytestmark = pytest.mark.slow
 
