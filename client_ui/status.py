@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from client_ui.services import ModelClient
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+from serving.client import parse_metrics
 
 #: (metric name, how to show it); summed over all label sets.
 SHOWN_METRICS = [
@@ -41,16 +39,10 @@ class ServerStatus:
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum every sample per metric name; comments and unparsable lines are skipped."""
+    """Sum every sample per metric name, over all its label sets."""
     totals: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if not match:
-            continue
-        try:
-            totals[match.group(1)] += float(match.group(3))
-        except ValueError:
-            continue
+    for sample in parse_metrics(text):
+        totals[sample.name] += sample.value
     return dict(totals)
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from serving.bench import analysis, report
 from serving.bench.analysis import LABELS
-from serving.bench.instance import free_ports
 from serving.bench.loadgen import LoadSpec, Payload, run_grpc, run_rest
 from serving.bench.plan import FULL, QUICK, SHIPPED, SHIPPED_UNBATCHED, Plan, tuning_variants
 from serving.bench.served import measure_variant, shipped_runs, tuning_runs
+from serving.server import free_ports
 from serving.settings import PROJECT_ROOT, get_settings
 from training.drawings import drawings
 

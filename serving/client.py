@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +32,33 @@ DEFAULT_RETRIES = 2
 TOKEN_ERROR_TYPE = "InvalidKeyException"
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
+PROMETHEUS_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
+PROMETHEUS_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One line of Prometheus text: a metric name, its labels and its value."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_metrics(text: str) -> list[MetricSample]:
+    """The samples in Prometheus text; comments and unparsable lines are skipped."""
+    samples = []
+    for line in text.splitlines():
+        match = PROMETHEUS_SAMPLE.match(line.strip())
+        if not match:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        labels = dict(PROMETHEUS_LABEL.findall(match.group(2) or ""))
+        samples.append(MetricSample(match.group(1), labels, value))
+    return samples
 
 
 class TorchServeError(Exception):

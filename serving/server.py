@@ -122,6 +122,39 @@ def write_config(
     return path
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def private_instance_env(root: Path, model_store: Path, model_name: str) -> dict[str, str]:
+    """Settings variables for an extra TorchServe on free ports whose files live under `root`.
+
+    Tests and the benchmark run such instances beside a `make serve` one without clashing.
+    """
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    return {
+        "TS_INFERENCE_URL": f"http://127.0.0.1:{inference}",
+        "TS_MANAGEMENT_URL": f"http://127.0.0.1:{management}",
+        "TS_METRICS_URL": f"http://127.0.0.1:{metrics}",
+        "TS_GRPC_TARGET": f"127.0.0.1:{grpc_inference}",
+        "TS_GRPC_MANAGEMENT_TARGET": f"127.0.0.1:{grpc_management}",
+        "TS_KEY_FILE": str(root / KEY_FILE_NAME),
+        "LOG_LOCATION": str(root / "logs"),
+        "MODEL_STORE": str(model_store),
+        "MODEL_NAME": model_name,
+    }
+
+
 def running_instance(settings: Settings) -> ServerHandle | None:
     """Our TorchServe for these settings if its frontend is alive; a stale pid file is removed."""
     path = pid_file(settings)

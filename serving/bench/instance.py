@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -24,13 +22,10 @@ import requests
 import yaml
 
 from serving import server
-from serving.client import TokenStore
+from serving.client import TokenStore, parse_metrics
 from serving.settings import Settings, load_settings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-BATCH_METRIC = re.compile(
-    r'^HandlerBatches\{[^}]*BatchSize="(?P<size>\d+)"[^}]*\} (?P<count>\S+)$', re.MULTILINE
-)
 
 
 @dataclass(frozen=True)
@@ -83,9 +78,10 @@ class Instance:
         except requests.RequestException:
             return {}
         counts: dict[int, float] = {}
-        for match in BATCH_METRIC.finditer(text):
-            size = int(match.group("size"))
-            counts[size] = counts.get(size, 0.0) + float(match.group("count"))
+        for sample in parse_metrics(text):
+            if sample.name == "HandlerBatches" and "BatchSize" in sample.labels:
+                size = int(sample.labels["BatchSize"])
+                counts[size] = counts.get(size, 0.0) + sample.value
         return counts
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -96,20 +92,6 @@ class Instance:
             "frontend": cpu.get(self.frontend_pid, (0, 0.0))[1],
             "worker": sum(cpu[pid][1] for pid in workers if pid in cpu),
         }
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free on 127.0.0.1 right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -177,19 +159,8 @@ def _descendants(root: int, table: dict[int, tuple[int, float]]) -> set[int]:
 
 def _private_settings(workdir: Path, model_name: str) -> Settings:
     """Settings for an instance on free loopback ports, with everything under `workdir`."""
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     return load_settings(
-        {
-            "TS_INFERENCE_URL": f"http://127.0.0.1:{inference}",
-            "TS_MANAGEMENT_URL": f"http://127.0.0.1:{management}",
-            "TS_METRICS_URL": f"http://127.0.0.1:{metrics}",
-            "TS_GRPC_TARGET": f"127.0.0.1:{grpc_inference}",
-            "TS_GRPC_MANAGEMENT_TARGET": f"127.0.0.1:{grpc_management}",
-            "MODEL_STORE": str(workdir / "model_store"),
-            "LOG_LOCATION": str(workdir / "logs"),
-            "TS_KEY_FILE": str(workdir / "key_file.json"),
-            "MODEL_NAME": model_name,
-        },
+        server.private_instance_env(workdir, workdir / "model_store", model_name),
         env_file=workdir / ".env-none",
     )
 

@@ -19,7 +19,7 @@ from serving.client import (
     ServerUnavailableError,
     TorchServeClient,
 )
-from tests.fixtures.serving import free_ports
+from serving.server import free_ports
 
 TOKEN_REFUSAL = {
     "code": 400,

@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from serving.client import ServerUnavailableError, TorchServeClient
+from serving.server import private_instance_env
 from serving.settings import PROJECT_ROOT, load_settings
-from tests.fixtures.serving import RunningTorchServe, torchserve_env
+from tests.fixtures.serving import RunningTorchServe
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_make_serve_and_stop_twice_each(torchserve: RunningTorchServe, tmp_path: Path) -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    overrides = torchserve_env(tmp_path, torchserve.settings.model_store)
+    overrides = private_instance_env(tmp_path, torchserve.settings.model_store, "mnist")
     env = {**os.environ, **overrides}
     settings = load_settings(env)
     pid_file = settings.log_dir / "torchserve.pid"

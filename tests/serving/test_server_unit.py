@@ -8,16 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from serving.server import ServerError, running_instance, start_torchserve, stop
+from serving.server import (
+    ServerError,
+    private_instance_env,
+    running_instance,
+    start_torchserve,
+    stop,
+)
 from serving.settings import Settings, load_settings
-from tests.fixtures.serving import torchserve_env
 
 
 def settings_in(tmp_path: Path, **extra: str) -> Settings:
     store = tmp_path / "store"
     store.mkdir()
     (store / "mnist.mar").write_bytes(b"not used: start stops before launching")
-    return load_settings({**torchserve_env(tmp_path, store), **extra}, env_file=tmp_path / "none")
+    return load_settings(
+        {**private_instance_env(tmp_path, store, "mnist"), **extra}, env_file=tmp_path / "none"
+    )
 
 
 def test_a_missing_archive_says_to_run_make_archive(tmp_path: Path) -> None:

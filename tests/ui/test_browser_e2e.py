@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from client_ui import queries
 from client_ui.database import Database
+from serving.server import free_ports
 from serving.settings import get_settings
 from tests.conftest import PROJECT_ROOT, require_or_skip
 
@@ -60,12 +60,6 @@ STROKES: dict[int, list[list[tuple[int, int]]]] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
@@ -84,7 +78,7 @@ def browser() -> Iterator[WebDriver]:
 @pytest.fixture
 def app_url(torchserve: Any, postgres_url: str, tmp_path: Path) -> Iterator[str]:
     """`python -m client_ui` against the test TorchServe and PostgreSQL; stopped with SIGINT."""
-    port = free_port()
+    (port,) = free_ports(1)
     inherited = {
         name: value
         for name, value in os.environ.items()
