@@ -25,6 +25,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import pyspng
+except ImportError:  # no wheel for this platform: Pillow decodes every PNG instead
+    pyspng = None
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 MNIST_SIZE = 28
@@ -36,6 +41,8 @@ MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+# PNG modes that libspng decodes to exactly Pillow's pixels (8-bit gray, RGB, RGBA).
+FAST_PNG_MODES = ("L", "RGB", "RGBA")
 
 # Ink weaker than this (0-255, after removing the background) counts as no drawing at all.
 MIN_INK_CONTRAST = 24
@@ -70,6 +77,9 @@ def decode_image(data: bytes) -> Image.Image:
         )
     image = _open_header(bytes(data))
     _check_dimensions(*image.size)
+    decoded = _decode_png_fast(bytes(data), image)
+    if decoded is not None:
+        return decoded
     try:
         image.load()
     except Image.DecompressionBombError as error:
@@ -94,6 +104,27 @@ def _open_header(data: bytes) -> Image.Image:
         raise InvalidInputError(
             "not_an_image", f"the data is not an image in a supported format ({formats})"
         ) from error
+
+
+def _decode_png_fast(data: bytes, header: Image.Image) -> Image.Image | None:
+    """The pixels of a plain 8-bit PNG through libspng (pyspng), else None for Pillow to do.
+
+    Inflating the pixels is most of a request's cost, and libspng does it about 1.7 times
+    faster than Pillow (0.63 against 1.10 ms for a 280x280 canvas, measured with `make
+    bench`'s drawings). Only modes where both give the same pixels take this path.
+    """
+    if pyspng is None or header.format != "PNG" or header.mode not in FAST_PNG_MODES:
+        return None
+    if "transparency" in header.info:
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except RuntimeError as error:
+        raise InvalidInputError("truncated", "the PNG image is truncated or corrupt") from error
+    width, height = header.size
+    if pixels.dtype != np.uint8 or pixels.shape[:2] != (height, width):
+        return None
+    return Image.fromarray(pixels)
 
 
 def _has_known_signature(data: bytes) -> bool:
@@ -132,17 +163,25 @@ def pixels_to_array(values: object) -> np.ndarray:
 
 def to_mnist_pixels(image: ImageInput) -> np.ndarray:
     """The 28x28 uint8 picture (white ink on black, MNIST geometry) that the model sees."""
-    gray = _flattened_gray(_as_pil(image))
-    ink = _ink(gray)
-    if ink.size == (MNIST_SIZE, MNIST_SIZE):
-        return np.array(ink)
-    return _fit_like_mnist(ink)
+    picture = _as_pil(image)
+    if picture.size == (MNIST_SIZE, MNIST_SIZE):
+        return np.array(_ink(*_flattened_gray(picture, crop=False), noise_floor=False))
+    return _fit_like_mnist(_ink(*_flattened_gray(picture, crop=True), noise_floor=True))
+
+
+def _normalised_levels() -> np.ndarray:
+    """Each of the 256 grey levels normalised with the same operations and order as training."""
+    levels = torch.arange(256, dtype=torch.uint8).float().div(255)
+    return levels.sub(MNIST_MEAN).div(MNIST_STD).numpy()
+
+
+NORMALISED_LEVELS = _normalised_levels()
 
 
 def normalise(pixels: np.ndarray) -> torch.Tensor:
-    """28x28 uint8 -> 1x28x28 float32, with the same operations and order as training."""
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)).float().div(255)
-    return tensor.sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(0)
+    """28x28 uint8 -> 1x28x28 float32, bit for bit as training normalises (one table lookup
+    instead of four small tensor operations)."""
+    return torch.from_numpy(NORMALISED_LEVELS[np.asarray(pixels, dtype=np.uint8)]).unsqueeze(0)
 
 
 def preprocess(image: ImageInput) -> torch.Tensor:
@@ -190,42 +229,52 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(values, 0, 255)).astype(np.uint8)
 
 
-def _flattened_gray(image: Image.Image) -> Image.Image:
-    """8-bit grayscale with transparency composited onto a background contrasting the ink.
+def _flattened_gray(image: Image.Image, crop: bool) -> tuple[Image.Image, int | None]:
+    """8-bit grayscale with transparency composited onto a background contrasting the ink;
+    also that background's level when it is known (from the compositing), else None.
 
     A canvas is typically black ink (RGB 0) on transparent black (RGB 0, alpha 0): in gray
     alone there is nothing to see; composited onto white it is an ordinary black-on-white
-    drawing. Light ink on transparent pixels is composited onto black instead.
+    drawing. Light ink on transparent pixels is composited onto black instead. With `crop`,
+    the fully transparent margin is cut off first: it can only become background, and every
+    later step then works on a fraction of the canvas's pixels.
     """
     if not _has_alpha(image):
-        return image if image.mode == "L" else image.convert("L")
+        return (image if image.mode == "L" else image.convert("L")), None
     if image.mode not in ("RGBA", "LA"):
         image = image.convert("RGBA")
     alpha = image.getchannel("A")
-    gray = image.convert("L")
     if alpha.getextrema()[0] == 255:
-        return gray
+        return image.convert("L"), None
+    if crop:
+        box = alpha.getbbox()
+        if box is None:
+            raise InvalidInputError("blank", "the drawing is blank: every pixel is transparent")
+        image, alpha = image.crop(box), alpha.crop(box)
+    gray = image.convert("L")
     counts = np.asarray(gray.histogram(mask=alpha), dtype=np.float64)
     if counts.sum() == 0:
         raise InvalidInputError("blank", "the drawing is blank: every pixel is transparent")
     ink_luminance = counts @ np.arange(256) / counts.sum()
-    background = Image.new("L", gray.size, 255 if ink_luminance < 128 else 0)
-    return Image.composite(gray, background, alpha)
+    background = 255 if ink_luminance < 128 else 0
+    return Image.composite(gray, Image.new("L", gray.size, background), alpha), background
 
 
 def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def _ink(gray: Image.Image) -> Image.Image:
-    """Ink strength 0-255 on a 0 background; polarity and background level from the border.
+def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.Image:
+    """Ink strength 0-255 on a 0 background. Polarity comes from the background level: the
+    compositing's when known, else the border's (a light border means dark ink).
 
-    One lookup table does the inversion, the background removal and the noise floor (a
-    fraction of the strongest ink, so JPEG ringing and paper texture vanish).
+    One lookup table does the inversion, the background removal and, with `noise_floor`, the
+    cut of everything below a fraction of the strongest ink (JPEG ringing, paper texture).
     """
-    pixels = np.asarray(gray)
-    border = np.concatenate((pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]))
-    background = int(np.median(border))
+    if background is None:
+        pixels = np.asarray(gray)
+        border = np.concatenate((pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]))
+        background = int(np.median(border))
     darkest, lightest = gray.getextrema()
     levels = np.arange(256)
     if background > 127:
@@ -234,7 +283,7 @@ def _ink(gray: Image.Image) -> Image.Image:
         strength, peak = levels - background, lightest - background
     if peak < MIN_INK_CONTRAST:
         raise InvalidInputError("blank", "the drawing is blank: no ink was found")
-    if gray.size != (MNIST_SIZE, MNIST_SIZE):
+    if noise_floor:
         strength[strength < peak * NOISE_FRACTION] = 0
     return gray.point(np.clip(strength, 0, 255).tolist())
 

@@ -29,6 +29,7 @@ from serving.client import TorchServeClient, TorchServeError
 from serving.settings import PROJECT_ROOT, Settings, get_settings
 
 CONFIG_PATH = PROJECT_ROOT / "config.properties"
+LOG_CONFIG_PATH = PROJECT_ROOT / "log4j2.xml"
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 KEY_FILE_NAME = "key_file.json"
 READY_TIMEOUT_S = 180.0
@@ -173,9 +174,12 @@ def start_torchserve(
     *,
     config_path: Path = CONFIG_PATH,
     overrides: Mapping[str, str] | None = None,
+    log_config: Path | None = LOG_CONFIG_PATH,
     timeout_s: float = READY_TIMEOUT_S,
 ) -> ServerHandle:
     """Start TorchServe in the background and wait until the model is READY.
+
+    `log_config` is the log4j2 file for the frontend; None keeps TorchServe's built-in one.
 
     Returns the running instance when there already is one. On failure everything started is
     stopped again and `ServerError` carries the end of the logs.
@@ -186,7 +190,7 @@ def start_torchserve(
     _check_can_start(settings)
     config = write_config(effective_config_path(settings), settings, config_path, overrides)
     settings.key_file.unlink(missing_ok=True)  # a stale key file would answer for the new server
-    pid = _launch(settings, config)
+    pid = _launch(settings, config, log_config)
     pid_file(settings).write_text(f"{pid}\n")
     try:
         wait_until_ready(settings, pid=pid, timeout_s=timeout_s)
@@ -333,7 +337,7 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
-def _launch(settings: Settings, config: Path) -> int:
+def _launch(settings: Settings, config: Path, log_config: Path | None) -> int:
     """Run the launcher (it starts the Java frontend and exits); returns the frontend's pid."""
     temp_dir = settings.log_dir / "tmp"
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -355,6 +359,8 @@ def _launch(settings: Settings, config: Path) -> int:
         "--model-store",
         str(settings.model_store),
     ]
+    if log_config is not None:
+        command += ["--log-config", str(log_config)]
     with (settings.log_dir / "torchserve.out").open("wb") as console:
         launcher = subprocess.run(
             command,

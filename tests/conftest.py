@@ -15,6 +15,16 @@ from tests.fixtures.serving import torchserve  # noqa: F401
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        type=Path,
+        help="keep the browser test's screenshots in DIR (`--screenshots results` refreshes "
+        "the README's); by default they go to a temporary folder",
+    )
+
+
 def require_or_skip(variable: str, reason: str) -> None:
     """Skip with `reason`, or fail when CI set `variable`=1 to demand the service."""
     if os.environ.get(variable) == "1":

@@ -31,13 +31,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True)
 class Variant:
     """One serving configuration: overrides on config.properties and on the archive's
-    model-config.yaml, and optionally a log4j2 configuration for the frontend."""
+    model-config.yaml, and the frontend's log4j2 file (None: TorchServe's built-in one)."""
 
     name: str
     description: str
     properties: dict[str, str] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
-    log_config: str | None = None
+    log_config: Path | None = server.LOG_CONFIG_PATH
 
 
 @dataclass
@@ -165,17 +165,6 @@ def _private_settings(workdir: Path, model_name: str) -> Settings:
     )
 
 
-def _overrides(variant: Variant, workdir: Path) -> dict[str, str]:
-    """The variant's properties; a log4j2 file becomes a JVM option next to any others."""
-    overrides = dict(variant.properties)
-    if variant.log_config:
-        log_config = workdir / "log4j2.xml"
-        log_config.write_text(variant.log_config)
-        option = f"-Dlog4j.configurationFile=file://{log_config}"
-        overrides["vmargs"] = f"{overrides.get('vmargs', '')} {option}".strip()
-    return overrides
-
-
 @contextmanager
 def running(variant: Variant, mar: Path, config: Path, workdir: Path) -> Iterator[Instance]:
     """Start TorchServe for `variant` and wait until every worker is READY; always stop it.
@@ -191,7 +180,10 @@ def running(variant: Variant, mar: Path, config: Path, workdir: Path) -> Iterato
     started = time.perf_counter()
     try:
         handle = server.start_torchserve(
-            settings, config_path=config, overrides=_overrides(variant, workdir)
+            settings,
+            config_path=config,
+            overrides=variant.properties,
+            log_config=variant.log_config,
         )
         cold_start = time.perf_counter() - started
         tokens = TokenStore(settings.key_file, settings.management_url, timeout_s=2.0)

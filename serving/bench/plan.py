@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.bench.instance import Variant
+from serving.server import LOG_CONFIG_PATH
 
 
 @dataclass(frozen=True)
@@ -85,40 +86,6 @@ FORK_JOIN = "-Djava.util.concurrent.ForkJoinPool.common.parallelism=4"
 # the serial collector and the quick C1 compiler cost less CPU per request here.
 SERIAL_C1 = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
-# TorchServe's built-in log4j2.xml logs org.pytorch.serve at DEBUG, twice into ts_log.log and
-# once to stdout, and every line a worker prints into model_log.log: several synchronous writes
-# per request. This one keeps warnings and errors (a worker's stderr is logged at WARN), the
-# access log and TorchServe's INFO lines, and drops the per-request DEBUG and worker lines.
-QUIET_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration>
-  <Appenders>
-    <RollingFile name="access_log" fileName="${env:LOG_LOCATION:-logs}/access_log.log"
-                 filePattern="${env:LOG_LOCATION:-logs}/access_log.%i.log.gz">
-      <PatternLayout pattern="%d{ISO8601} - %m%n"/>
-      <SizeBasedTriggeringPolicy size="100 MB"/>
-    </RollingFile>
-    <RollingFile name="ts_log" fileName="${env:LOG_LOCATION:-logs}/ts_log.log"
-                 filePattern="${env:LOG_LOCATION:-logs}/ts_log.%i.log.gz">
-      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
-      <SizeBasedTriggeringPolicy size="100 MB"/>
-    </RollingFile>
-  </Appenders>
-  <Loggers>
-    <Logger name="ACCESS_LOG" level="info" additivity="false">
-      <AppenderRef ref="access_log"/>
-    </Logger>
-    <Logger name="io.netty" level="error"/>
-    <Logger name="org.apache" level="off"/>
-    <Logger name="MODEL_LOG" level="warn"/>
-    <Logger name="MODEL_METRICS" level="warn"/>
-    <Logger name="TS_METRICS" level="warn"/>
-    <Root level="info">
-      <AppenderRef ref="ts_log"/>
-    </Root>
-  </Loggers>
-</Configuration>
-"""
-
 # The configuration the measurements point to (and the repository ships); every tuning row
 # changes one thing from it.
 CANDIDATE_MODEL = {
@@ -136,14 +103,14 @@ def _candidate(
     description: str,
     model: dict[str, Any] | None = None,
     properties: dict[str, str] | None = None,
-    quiet_logs: bool = False,
+    builtin_logs: bool = False,
 ) -> Variant:
     return Variant(
         name,
         description,
         properties={**CANDIDATE_PROPERTIES, **(properties or {})},
         model_config={**CANDIDATE_MODEL, **(model or {})},
-        log_config=QUIET_LOG4J2 if quiet_logs else None,
+        log_config=None if builtin_logs else LOG_CONFIG_PATH,
     )
 
 
@@ -152,7 +119,8 @@ def tuning_variants() -> list[Variant]:
     return [
         _candidate(
             "candidate",
-            "as shipped: 2 workers x 1 thread, batch <= 8 waiting <= 1 ms, JVM options",
+            "as shipped: 2 workers x 1 thread, batch <= 8 waiting <= 1 ms, 2+2 Netty threads, "
+            "JVM options, the project's log4j2.xml",
         ),
         _candidate("1-worker", "candidate with 1 worker", {"minWorkers": 1, "maxWorkers": 1}),
         _candidate("unbatched", "candidate with batchSize 1", {"batchSize": 1, "maxBatchDelay": 0}),
@@ -186,7 +154,9 @@ def tuning_variants() -> list[Variant]:
             properties={"vmargs": f"{FORK_JOIN} -XX:+UseParallelGC"},
         ),
         _candidate(
-            "quiet-logs", "candidate with a log4j2.xml without per-request lines", quiet_logs=True
+            "builtin-logs",
+            "candidate with TorchServe's built-in log4j2.xml instead of the project's",
+            builtin_logs=True,
         ),
         _candidate(
             "netty-1",

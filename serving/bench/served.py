@@ -119,7 +119,7 @@ def _cold_start_entry(instance: Instance, group: str) -> Entry:
         "overrides": {
             "properties": variant.properties,
             "model_config": variant.model_config,
-            "log_config": bool(variant.log_config),
+            "log_config": str(variant.log_config) if variant.log_config else "built-in",
         },
         "model_config": instance.model_config,
     }

@@ -185,7 +185,8 @@ def test_declared_metrics_are_emitted_with_their_dimensions(
         emitted["PreprocessTime"]["type"] == "GAUGE"
         and emitted["PreprocessTime"]["unit"] == "Milliseconds"
     )
-    assert emitted["HandlerTime"]["value"] >= emitted["PreprocessTime"]["value"]
+    assert emitted["PreprocessTime"]["value"] > 0
+    assert "HandlerTime" not in emitted  # TorchServe's PredictionTime measures the same span
 
 
 def test_device_is_the_assigned_gpu_when_cuda_works(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -152,6 +152,12 @@ def test_normalise_uses_the_mnist_constants() -> None:
     assert tensor[0, 1, 1].item() == pytest.approx(-0.1307 / 0.3081)
 
 
+def test_normalise_gives_every_grey_level_exactly_as_training_does() -> None:
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    trained_on = to_model_input(torch.from_numpy(levels))[0]
+    assert torch.equal(normalise(levels[0]), trained_on)
+
+
 # --- Bad input: each refusal and its reason -------------------------------------------------
 
 
@@ -186,6 +192,59 @@ def test_every_supported_format_decodes(image_format: str) -> None:
     canvas = Image.new("RGB", (64, 64), "white")
     canvas.paste((0, 0, 0), (28, 10, 36, 54))
     assert to_mnist_pixels(decode_image(encode(canvas, image_format))).max() == 255
+
+
+def png_modes() -> dict[str, Image.Image]:
+    """One small noisy image in every PNG flavour a client might send."""
+    rgba = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 4), dtype=np.uint8))
+    sixteen_bit = np.asarray(rgba.convert("L"), dtype=np.uint16) * 257
+    return {
+        "RGBA": rgba,
+        "RGB": rgba.convert("RGB"),
+        "L": rgba.convert("L"),
+        "LA": rgba.convert("LA"),
+        "P": rgba.convert("RGB").convert("P"),
+        "P-transparent": rgba.convert("P"),
+        "1-bit": rgba.convert("1"),
+        "16-bit": Image.fromarray(sixteen_bit),
+    }
+
+
+@pytest.mark.parametrize("mode", list(png_modes()))
+def test_png_decodes_to_pillows_pixels_in_every_mode(mode: str) -> None:
+    data = encode(png_modes()[mode])
+    expected = Image.open(io.BytesIO(data))
+    expected.load()
+    decoded = decode_image(data)
+    assert (decoded.mode, decoded.size) == (expected.mode, expected.size)
+    assert np.array_equal(np.asarray(decoded), np.asarray(expected))
+
+
+def test_canvas_pngs_take_the_fast_decoder(monkeypatch: pytest.MonkeyPatch, mnist_dir) -> None:
+    if preprocessing.pyspng is None:
+        pytest.skip("pyspng has no wheel for this platform; Pillow decodes every PNG")
+    calls = []
+
+    def counting_load(data: bytes) -> np.ndarray:
+        calls.append(len(data))
+        return fast_load(data)
+
+    fast_load = preprocessing.pyspng.load
+    monkeypatch.setattr(preprocessing.pyspng, "load", counting_load)
+    canvas, _ = drawings("canvas_transparent", 1, data_dir=mnist_dir)[0]
+    decode_image(canvas)
+    decode_image(encode(png_modes()["P"]))  # palette: Pillow's job
+    assert calls == [len(canvas)]
+
+
+def test_style_drawings_give_the_same_pixels_with_either_png_decoder(
+    monkeypatch: pytest.MonkeyPatch, mnist_dir
+) -> None:
+    samples = [data for style in STYLES for data, _ in drawings(style, 5, data_dir=mnist_dir)]
+    fast = [to_mnist_pixels(decode_image(data)) for data in samples]
+    monkeypatch.setattr(preprocessing, "pyspng", None)
+    pillow = [to_mnist_pixels(decode_image(data)) for data in samples]
+    assert all(np.array_equal(a, b) for a, b in zip(fast, pillow, strict=True))
 
 
 @pytest.mark.parametrize("side", [6_000, 20_000], ids=["36-megapixels", "400-megapixels"])

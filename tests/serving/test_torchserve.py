@@ -319,3 +319,26 @@ def test_handler_and_frontend_metrics_appear(torchserve: RunningTorchServe) -> N
     assert metric_values(text, "ts_inference_requests_total")
     assert metric_values(text, "ts_inference_latency_microseconds")
     assert metric_values(text, "Requests2XX")
+
+
+def test_each_request_is_logged_once_and_without_debug_lines(
+    torchserve: RunningTorchServe,
+) -> None:
+    """The project's log4j2.xml: one access-log line per request, no per-request DEBUG lines
+    in ts_log.log, and nothing per request on the console (logs/torchserve.out)."""
+    logs = torchserve.settings.log_dir
+    marker = f"/predictions/{torchserve.settings.model_name}"
+
+    def access_lines() -> int:
+        return (logs / "access_log.log").read_text().count(marker)
+
+    before, console_before = access_lines(), (logs / "torchserve.out").stat().st_size
+    for image, _ in drawings("canvas_transparent", 5, seed=5):
+        torchserve.client.predict(image)
+    deadline = time.monotonic() + 5
+    while access_lines() < before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert access_lines() == before + 5
+    assert "[DEBUG]" not in (logs / "ts_log.log").read_text()
+    assert (logs / "torchserve.out").stat().st_size == console_before
+    assert "Model server started" in (logs / "torchserve.out").read_text()

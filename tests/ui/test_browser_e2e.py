@@ -34,7 +34,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from client_ui import queries
 from client_ui.database import Database
 from serving.server import free_ports
-from serving.settings import get_settings
 from tests.conftest import PROJECT_ROOT, require_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.postgres]
@@ -152,10 +151,14 @@ def wait_for_text(driver: WebDriver, testid: str, predicate: Any, timeout: float
 
 
 def test_draw_predict_label_and_find_the_row_in_postgres(
-    browser: WebDriver, app_url: str, postgres_url: str
+    browser: WebDriver,
+    app_url: str,
+    postgres_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    results_dir = get_settings().results_dir
-    results_dir.mkdir(parents=True, exist_ok=True)
+    screenshots = request.config.getoption("--screenshots") or tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
     browser.get(app_url)
     canvas = WebDriverWait(browser, 20).until(lambda d: by_testid(d, "canvas"))
     saved: dict[int, tuple[str, str]] = {}
@@ -172,7 +175,7 @@ def test_draw_predict_label_and_find_the_row_in_postgres(
         )
         row_id = int(status.split("#")[1].split(",")[0])
         saved[row_id] = (shown, str(true_digit))
-    browser.save_screenshot(str(results_dir / "screenshot_draw.png"))
+    assert browser.save_screenshot(str(screenshots / "screenshot_draw.png"))
 
     database = Database(postgres_url)
     try:
@@ -193,5 +196,5 @@ def test_draw_predict_label_and_find_the_row_in_postgres(
     wait_for_text(browser, "ts-health", lambda text: text.lower() == "healthy")
     assert wait_for_text(browser, "count-labelled", lambda text: text.isdigit()) == str(len(saved))
     time.sleep(1)  # let the charts finish drawing before the screenshot
-    browser.save_screenshot(str(results_dir / "screenshot_statistics.png"))
+    assert browser.save_screenshot(str(screenshots / "screenshot_statistics.png"))
     browser.set_window_size(1280, 820)
