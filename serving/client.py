@@ -61,6 +61,12 @@ def parse_metrics(text: str) -> list[MetricSample]:
     return samples
 
 
+# TorchServe's limit on a request body (max_request_size in config.properties). Anything
+# bigger could never be answered; over gRPC TorchServe would just cancel the call, so the
+# client refuses it itself, the same way for both protocols.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+
+
 class TorchServeError(Exception):
     """Any failure talking to TorchServe."""
 
@@ -190,6 +196,12 @@ class TorchServeClient:
 
     def predict(self, image_bytes: bytes, *, use_grpc: bool = False) -> dict[str, Any]:
         """The handler's answer for one encoded image (or JSON body) as a dict."""
+        if len(image_bytes) > MAX_REQUEST_BYTES:
+            raise InputRejectedError(
+                413,
+                f"the body is {len(image_bytes)} bytes; TorchServe accepts at most "
+                f"{MAX_REQUEST_BYTES}",
+            )
         if use_grpc:
             return self._with_token("inference", lambda key: self._grpc_predict(image_bytes, key))
         url = f"{self.inference_url}/predictions/{self.model_name}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from serving.client import (
+    MAX_REQUEST_BYTES,
     AuthorizationError,
     InputRejectedError,
     ServerUnavailableError,
@@ -116,6 +117,17 @@ def test_predict_sends_the_inference_token_and_returns_the_answer(fake: FakeTorc
     fake.answers[("POST", "/predictions/mnist")] = [(200, answer)]
     assert client_for(fake).predict(b"png") == answer
     assert fake.seen == [("POST", "/predictions/mnist", "Bearer i1")]
+
+
+@pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
+def test_a_body_over_torchserves_limit_is_refused_without_sending_it(
+    fake: FakeTorchServe, use_grpc: bool
+) -> None:
+    with pytest.raises(InputRejectedError) as caught:
+        client_for(fake).predict(bytes(MAX_REQUEST_BYTES + 1), use_grpc=use_grpc)
+    assert caught.value.status == 413
+    assert str(MAX_REQUEST_BYTES) in caught.value.message
+    assert fake.seen == []
 
 
 def test_idempotent_calls_are_retried_on_503(fake: FakeTorchServe) -> None:

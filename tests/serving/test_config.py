@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from serving.client import MAX_REQUEST_BYTES
 from serving.server import CONFIG_PATH, read_properties, render_config, write_config
 from serving.settings import load_settings
 
@@ -29,6 +30,7 @@ def test_security_and_metrics_settings() -> None:
     assert properties["metrics_config"] == "handler/metrics.yaml"
     # Above the handler's own 2 MiB image limit (and its base64 form), so the handler decides.
     assert TWO_MIB * 4 // 3 < int(properties["max_request_size"]) < 2 * TWO_MIB
+    assert int(properties["max_request_size"]) == MAX_REQUEST_BYTES  # the client's own check
     assert properties["load_models"] == "mnist=mnist.mar"
 
 

@@ -211,6 +211,10 @@ def test_client_raises_input_rejected_over_rest_and_grpc(torchserve: RunningTorc
 def test_a_body_over_the_frontends_limit_is_refused(torchserve: RunningTorchServe) -> None:
     response = post(torchserve, bytes(4 * 1024 * 1024), "application/octet-stream", "x")
     assert response.status_code == 413
+    for use_grpc in (False, True):
+        with pytest.raises(InputRejectedError) as caught:
+            torchserve.client.predict(bytes(4 * 1024 * 1024), use_grpc=use_grpc)
+        assert caught.value.status == 413
     assert torchserve.client.health() == {"status": "Healthy"}
 
 
