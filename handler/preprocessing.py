@@ -75,9 +75,10 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidInputError(
             "too_large", f"the image is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}"
         )
-    image = _open_header(bytes(data))
+    data = bytes(data)
+    image = _open_header(data)
     _check_dimensions(*image.size)
-    decoded = _decode_png_fast(bytes(data), image)
+    decoded = _decode_png_fast(data, image)
     if decoded is not None:
         return decoded
     try:
@@ -246,10 +247,7 @@ def _flattened_gray(image: Image.Image, crop: bool) -> tuple[Image.Image, int | 
     alpha = image.getchannel("A")
     if alpha.getextrema()[0] == 255:
         return image.convert("L"), None
-    if crop:
-        box = alpha.getbbox()
-        if box is None:
-            raise InvalidInputError("blank", "the drawing is blank: every pixel is transparent")
+    if crop and (box := alpha.getbbox()) is not None:
         image, alpha = image.crop(box), alpha.crop(box)
     gray = image.convert("L")
     counts = np.asarray(gray.histogram(mask=alpha), dtype=np.float64)
