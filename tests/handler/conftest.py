@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -27,6 +28,19 @@ def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def predictor(trained_model: Path) -> MNISTPredictor:
     return MNISTPredictor(trained_model, device="cpu")
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and records the batch size of every forward pass (`calls`)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[int] = []
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls.append(batch.shape[0])
+        return self.model(batch)
 
 
 class WorkerContext:

@@ -11,7 +11,7 @@ import torch
 
 from handler.mnist_handler import MNISTHandler, choose_device, torch_threads
 from model.predictor import MNISTPredictor
-from tests.handler.conftest import WorkerContext, emitted_metrics
+from tests.handler.conftest import CountingModel, WorkerContext, emitted_metrics
 from training.drawings import drawings
 
 
@@ -139,18 +139,10 @@ def test_an_unexpected_failure_is_one_requests_400_not_a_dead_batch(
 def test_one_forward_pass_per_batch(
     handler: MNISTHandler, worker_context: WorkerContext, samples: list[tuple[bytes, int]]
 ) -> None:
-    calls = []
-    model = handler.model
-
-    class Counting(torch.nn.Module):
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            calls.append(batch.shape[0])
-            return model(batch)
-
-    handler.model = Counting()
+    handler.model = counting = CountingModel(handler.model)
     batch = [{"body": data} for data, _ in samples] + [{"body": b""}]
     results = run_batch(handler, worker_context, batch)
-    assert calls == [len(samples)]
+    assert counting.calls == [len(samples)]
     assert [answer.get("digit") for _, answer in results[:-1]] == [label for _, label in samples]
 
 

@@ -8,6 +8,7 @@ import torch
 
 from handler.preprocessing import InvalidInputError, decode_image
 from model.predictor import MNISTPredictor
+from tests.handler.conftest import CountingModel
 from training.drawings import STYLES, drawings
 
 DIGITS_PER_STYLE = 200
@@ -58,20 +59,13 @@ def test_every_input_kind_gives_the_same_answer(predictor: MNISTPredictor, mnist
 
 def test_predict_batch_runs_one_forward_pass(predictor: MNISTPredictor, mnist_test) -> None:
     images, _ = mnist_test
-    calls = []
     model = predictor.model
-
-    class Counting(torch.nn.Module):
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            calls.append(batch.shape[0])
-            return model(batch)
-
-    predictor.model = Counting()
+    predictor.model = counting = CountingModel(model)
     try:
         batch_answers = predictor.predict_batch(list(images[:16]))
     finally:
         predictor.model = model
-    assert calls == [16]
+    assert counting.calls == [16]
     assert [a.digit for a in batch_answers] == [predictor.predict(i).digit for i in images[:16]]
     assert predictor.predict_batch([]) == []
 
