@@ -36,8 +36,8 @@ Entry = dict[str, Any]
 DRAWING_STYLE = "canvas_transparent"
 BASELINE_START_TIMEOUT_S = 30.0
 LOAD_GENERATOR = (
-    "asyncio + aiohttp (REST, a keep-alive connection per caller), grpc.aio (gRPC, up to 4 "
-    "HTTP/2 channels); closed loop, in the benchmark process, separate from TorchServe"
+    "asyncio + aiohttp (REST, a keep-alive connection per caller), grpc.aio (gRPC, every call "
+    "on one HTTP/2 connection); closed loop, in the benchmark process, separate from TorchServe"
 )
 
 

@@ -39,7 +39,7 @@ def served(entries: list[Entry], protocol: str, concurrency: int, variant: str =
 def add_ratios(entries: list[Entry]) -> None:
     """How many times the in-process latency a served request takes, and how far below the
     in-process batched throughput the server stays."""
-    single = find(entries, kind="in-process", batch_size=1)
+    single = find(entries, kind="in-process", batch_size=1, pause_ms=0.0)
     batched = find(entries, kind="in-process", batch_size=32)
     for entry in entries:
         if entry.get("kind") != "served" or not entry.get("requests"):
@@ -124,6 +124,22 @@ def _best_tuning(entries: list[Entry], concurrency: int, key: str, lowest: bool)
     return f"; best tuning row: {best['variant']} at {best[key]:.2f}"
 
 
+def _pause_penalty(entries: list[Entry]) -> str:
+    """'; in-process ...' comparing one drawing back to back and after a pause, or ''."""
+    back_to_back = find(entries, kind="in-process", batch_size=1, pause_ms=0.0)
+    paused = next(
+        (e for e in entries if e.get("kind") == "in-process" and e.get("pause_ms", 0) > 0), None
+    )
+    if not (back_to_back and paused):
+        return ""
+    slower = paused["median_ms"] / back_to_back["median_ms"] - 1
+    return (
+        f"; in-process, one drawing takes {paused['median_ms']:.2f} ms after a "
+        f"{paused['pause_ms']:g} ms pause against {back_to_back['median_ms']:.2f} ms back to "
+        f"back ({slower:+.0%}): every lone request starts after such a pause"
+    )
+
+
 def _target(name: str, goal: str, measured: str, met: bool | None, note: str = "") -> Entry:
     return {"target": name, "goal": goal, "measured": measured, "met": met, "note": note}
 
@@ -144,6 +160,7 @@ def _latency_targets(
             met,
             gap
             + _describe_latency(profile(rest1, worker_profile))
+            + _pause_penalty(entries)
             + _best_tuning(entries, 1, "median_ms", lowest=True),
         )
     ]
@@ -220,7 +237,17 @@ def _batching_target(entries: list[Entry]) -> Entry:
         f"{penalty:+.2f} ms",
         penalty <= BATCH_PENALTY_MS,
         f"REST c=1 median {batched['median_ms']:.2f} ms as shipped vs "
-        f"{unbatched['median_ms']:.2f} ms with batchSize 1",
+        f"{unbatched['median_ms']:.2f} ms with batchSize 1. TorchServe 0.12 holds a lone "
+        "request for maxBatchDelay (whole milliseconds, at least 1; 0 means its default of "
+        "100), and the work after that idle millisecond starts cold: CPU per lone request "
+        f"over all processes {_cpu_per_request(batched):.2f} ms batched vs "
+        f"{_cpu_per_request(unbatched):.2f} ms unbatched",
+    )
+
+
+def _cpu_per_request(entry: Entry) -> float:
+    return sum(
+        entry.get(f"{part}_cpu_ms_per_request", 0.0) for part in ("client", "frontend", "worker")
     )
 
 

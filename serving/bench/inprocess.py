@@ -19,15 +19,21 @@ from model.predictor import MNISTPredictor
 from serving.bench.loadgen import Payload
 
 BATCH_SIZE = 32
+# A lone request reaches the worker after the machine has idled; a pause before each call
+# shows what that alone does to the same work (see `measure_predictor`).
+IDLE_PAUSE_S = 0.001
 
 
 def _bounded_timings(
-    work: Callable[[int], None], max_calls: int, max_seconds: float
+    work: Callable[[int], None], max_calls: int, max_seconds: float, pause_s: float = 0.0
 ) -> list[float]:
-    """Milliseconds per call of `work(i)`, stopping at `max_calls` or `max_seconds`."""
+    """Milliseconds per call of `work(i)`, stopping at `max_calls` or `max_seconds`; with
+    `pause_s`, the process sleeps that long (untimed) before each call."""
     timings: list[float] = []
     deadline = time.perf_counter() + max_seconds
     for index in range(max_calls):
+        if pause_s:
+            time.sleep(pause_s)
         started = time.perf_counter()
         work(index)
         timings.append(1000.0 * (time.perf_counter() - started))
@@ -53,16 +59,19 @@ def _latency_summary(timings_ms: list[float], images_per_call: int) -> dict[str,
 def measure_predictor(
     model_path: Path, payloads: Sequence[Payload], max_calls: int, max_seconds: float
 ) -> list[dict[str, Any]]:
-    """Decode + predict one drawing at a time, then batches of 32, on 1 torch thread.
+    """Decode + predict one drawing at a time, then batches of 32, on 1 torch thread; then
+    one drawing at a time again, each after a 1 ms pause.
 
     One thread because that is what a TorchServe worker gets on this machine: on 2 shared
-    cores a second OpenMP thread makes the model several times slower, not faster.
+    cores a second OpenMP thread makes the model several times slower, not faster. The pause
+    row is the lone request's situation: the same call right after the CPU has idled, which
+    on the shared virtual machines measured here runs markedly slower than back to back.
     """
     predictor = MNISTPredictor(model_path, device="cpu")
     count = len(payloads)
     entries = []
     torch.set_num_threads(1)
-    for batch in (1, BATCH_SIZE):
+    for batch, pause_s in ((1, 0.0), (BATCH_SIZE, 0.0), (1, IDLE_PAUSE_S)):
 
         def one_call(index: int, batch: int = batch) -> None:
             chunk = [payloads[(index * batch + k) % count] for k in range(batch)]
@@ -73,13 +82,16 @@ def measure_predictor(
                 predictor.predict_batch(images)
 
         _bounded_timings(one_call, 20, max_seconds)
-        timings = _bounded_timings(one_call, max(max_calls // batch, 5), max_seconds)
+        calls = max(max_calls // batch, 5)
+        timings = _bounded_timings(one_call, calls, max_seconds, pause_s)
+        name = "in-process single" if batch == 1 else f"in-process batch {batch}"
         entry = {
-            "name": "in-process single" if batch == 1 else f"in-process batch {batch}",
+            "name": f"{name}, after a {pause_s * 1000:g} ms pause" if pause_s else name,
             "kind": "in-process",
             "protocol": "python",
             "concurrency": 1,
             "batch_size": batch,
+            "pause_ms": pause_s * 1000,
             "torch_threads": 1,
             **_latency_summary(timings, batch),
         }

@@ -96,6 +96,10 @@ CANDIDATE_MODEL = {
     "handler": {"torch_threads": 1},
 }
 CANDIDATE_PROPERTIES = {"vmargs": f"{FORK_JOIN} {SERIAL_C1}"}
+# The candidate once more at the end of the tuning rows. Other tenants of a shared machine
+# change its speed over minutes; a row differing from the candidate by less than the two
+# candidate rows differ from each other shows no effect of its own.
+DRIFT_CHECK = "candidate-last"
 
 
 def _candidate(
@@ -172,5 +176,10 @@ def tuning_variants() -> list[Variant]:
             "async-logging",
             "candidate with async_logging=true and disable_system_metrics=true",
             properties={"async_logging": "true", "disable_system_metrics": "true"},
+        ),
+        _candidate(
+            DRIFT_CHECK,
+            "the candidate again, measured last: how far the machine's own speed drifted "
+            "while the rows above were measured",
         ),
     ]

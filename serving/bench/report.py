@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench.analysis import LABELS, find, profile, served
+from serving.bench.plan import DRIFT_CHECK
 
 Entry = dict[str, Any]
 
@@ -244,10 +245,25 @@ def _tuning(entries: list[Entry]) -> list[str]:
         "Each row starts its own TorchServe from the repository's config with the stated "
         "change (model-config.yaml keys, config.properties keys, JVM options or log4j2 "
         "configuration) and measures it the same way, briefly. `candidate` is the "
-        "configuration the measurements point to; the other rows change one thing from it.",
+        "configuration the measurements point to; the other rows change one thing from it."
+        + drift_note(entries),
         "",
         *_table(header, rows),
     ]
+
+
+def drift_note(entries: list[Entry]) -> str:
+    """' The candidate measured ... first and ... last ...', or '' without both rows."""
+    first = served(entries, "rest", 32, "candidate")
+    last = served(entries, "rest", 32, DRIFT_CHECK)
+    if not (first and last):
+        return ""
+    change = last["requests_per_s"] / first["requests_per_s"] - 1
+    return (
+        f" The candidate did {first['requests_per_s']:,.0f} REST req/s at 32 callers first and "
+        f"{last['requests_per_s']:,.0f} last ({change:+.0%}, `{DRIFT_CHECK}`): that much the "
+        "machine itself drifted, so a row closer to the candidate than that shows no effect."
+    )
 
 
 def _loadgen(entries: list[Entry]) -> list[str]:

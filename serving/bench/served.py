@@ -161,15 +161,23 @@ def measure_variant(
 
 
 def shipped_runs(plan: Plan) -> list[Run]:
-    """REST and gRPC at the main concurrencies, the sweep, and REST without keep-alive."""
-    runs = []
-    for protocol in ("rest", "grpc"):
-        runs += [Run(protocol, c, plan.main_seconds, "main") for c in plan.main_concurrency]
-        runs += [
-            Run(protocol, c, plan.sweep_seconds, "sweep")
-            for c in plan.sweep
-            if c not in plan.main_concurrency
-        ]
+    """REST and gRPC at the main concurrencies, the sweep, and REST without keep-alive.
+
+    REST and gRPC alternate at each concurrency, so the pair the report compares is measured
+    seconds apart, not minutes: load from other tenants of a shared machine comes and goes on
+    that scale.
+    """
+    sweep = [c for c in plan.sweep if c not in plan.main_concurrency]
+    runs = [
+        Run(protocol, c, plan.main_seconds, "main")
+        for c in plan.main_concurrency
+        for protocol in ("rest", "grpc")
+    ]
+    runs += [
+        Run(protocol, c, plan.sweep_seconds, "sweep")
+        for c in sweep
+        for protocol in ("rest", "grpc")
+    ]
     if plan.measure_keep_alive_off:
         runs += [Run("rest", c, plan.sweep_seconds, "keep-alive", False) for c in (1, 32)]
     return runs

@@ -90,8 +90,10 @@ def test_every_served_configuration_is_present_without_errors(results: dict[str,
 
 
 def test_in_process_reference_and_load_generator_check(results: dict[str, Any]) -> None:
-    in_process = {entry["batch_size"]: entry for entry in _entries(results, "in-process")}
-    assert set(in_process) == {1, 32}
+    in_process = {
+        (entry["batch_size"], entry["pause_ms"]): entry for entry in _entries(results, "in-process")
+    }
+    assert set(in_process) == {(1, 0.0), (32, 0.0), (1, 1.0)}
     for entry in in_process.values():
         assert entry["median_ms"] > 0 and entry["images_per_s"] > 0
     loadgen = _entries(results, "loadgen")
