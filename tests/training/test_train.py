@@ -19,6 +19,7 @@ from training.train import (
     evaluate,
     fit,
     random_affine,
+    random_thickening,
     sample_indices,
     seed_everything,
     summarise,
@@ -51,6 +52,21 @@ def test_augmentation_moves_pixels_but_keeps_shape_range_and_ink(mnist) -> None:
     assert ink_ratio.min() > 0.7 and ink_ratio.max() < 1.3  # small changes, digit still there
     again = random_affine(pixels, torch.Generator().manual_seed(0))
     assert torch.equal(augmented, again)
+
+
+def test_thickening_only_adds_ink_to_about_a_third_of_the_digits(mnist) -> None:
+    _, test = mnist
+    pixels = test.images[:300].unsqueeze(1).float() / 255
+    thickened = random_thickening(pixels, torch.Generator().manual_seed(0))
+    assert thickened.shape == pixels.shape
+    assert thickened.min() >= 0 and thickened.max() <= 1
+    assert (thickened >= pixels).all()
+    changed = (thickened != pixels).flatten(1).any(dim=1)
+    assert 0.2 < changed.float().mean() < 0.4
+    widest = torch.nn.functional.max_pool2d(pixels, 3, stride=1, padding=1)
+    assert (thickened <= widest + 1e-6).all()  # at most one pixel wider on every side
+    again = random_thickening(pixels, torch.Generator().manual_seed(0))
+    assert torch.equal(thickened, again)
 
 
 def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
