@@ -69,7 +69,7 @@ def profile(entry: Entry, worker_profile: dict[str, dict[str, float]]) -> dict[s
     client = entry.get("client_cpu_ms_per_request", 0.0)
     frontend = entry.get("frontend_cpu_ms_per_request", 0.0)
     worker = entry.get("worker_cpu_ms_per_request", 0.0)
-    cpu = client + frontend + worker
+    cpu = cpu_per_request(entry)
     cores = os.cpu_count() or 1
     split = {f"worker_{part}_ms": path.get(f"{part}_ms", 0.0) for part in WORKER_PARTS}
     return {
@@ -240,12 +240,13 @@ def _batching_target(entries: list[Entry]) -> Entry:
         f"{unbatched['median_ms']:.2f} ms with batchSize 1. TorchServe 0.12 holds a lone "
         "request for maxBatchDelay (whole milliseconds, at least 1; 0 means its default of "
         "100), and the work after that idle millisecond starts cold: CPU per lone request "
-        f"over all processes {_cpu_per_request(batched):.2f} ms batched vs "
-        f"{_cpu_per_request(unbatched):.2f} ms unbatched",
+        f"over all processes {cpu_per_request(batched):.2f} ms batched vs "
+        f"{cpu_per_request(unbatched):.2f} ms unbatched",
     )
 
 
-def _cpu_per_request(entry: Entry) -> float:
+def cpu_per_request(entry: Entry) -> float:
+    """CPU milliseconds per request over the load generator, the frontend and the workers."""
     return sum(
         entry.get(f"{part}_cpu_ms_per_request", 0.0) for part in ("client", "frontend", "worker")
     )

@@ -96,6 +96,7 @@ CANDIDATE_MODEL = {
     "handler": {"torch_threads": 1},
 }
 CANDIDATE_PROPERTIES = {"vmargs": f"{FORK_JOIN} {SERIAL_C1}"}
+CANDIDATE = "candidate"
 # The candidate once more at the end of the tuning rows. Other tenants of a shared machine
 # change its speed over minutes; a row differing from the candidate by less than the two
 # candidate rows differ from each other shows no effect of its own.
@@ -122,7 +123,7 @@ def tuning_variants() -> list[Variant]:
     """One TorchServe each: the candidate, then the candidate with one thing changed."""
     return [
         _candidate(
-            "candidate",
+            CANDIDATE,
             "as shipped: 2 workers x 1 thread, batch <= 8 waiting <= 1 ms, 2+2 Netty threads, "
             "JVM options, the project's log4j2.xml",
         ),

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from serving.bench.analysis import LABELS, find, profile, served
-from serving.bench.plan import DRIFT_CHECK
+from serving.bench.analysis import LABELS, cpu_per_request, find, profile, served
+from serving.bench.plan import CANDIDATE, DRIFT_CHECK
 
 Entry = dict[str, Any]
 
@@ -198,9 +198,7 @@ def _tuning_row(entries: list[Entry], start: Entry) -> list[Any]:
     name = start["variant"]
     rest1, rest32, grpc32 = (served(entries, p, c, variant=name) for p, c in TUNING_CELLS)
     cells = [cell for cell in (rest1, rest32, grpc32) if cell]
-    cpu = rest32 and sum(
-        rest32[f"{part}_cpu_ms_per_request"] for part in ("client", "frontend", "worker")
-    )
+    cpu = rest32 and cpu_per_request(rest32)
     return [
         name,
         start["description"],
@@ -254,7 +252,7 @@ def _tuning(entries: list[Entry]) -> list[str]:
 
 def drift_note(entries: list[Entry]) -> str:
     """' The candidate measured ... first and ... last ...', or '' without both rows."""
-    first = served(entries, "rest", 32, "candidate")
+    first = served(entries, "rest", 32, CANDIDATE)
     last = served(entries, "rest", 32, DRIFT_CHECK)
     if not (first and last):
         return ""
