@@ -16,6 +16,7 @@ from client_ui.layout import page_frame, testid
 from client_ui.models import utc_now
 from client_ui.outbox import PredictionDraft
 from client_ui.services import AppServices
+from client_ui.store import SaveOutcome
 from handler.preprocessing import InvalidInputError
 from serving.client import InputRejectedError, TorchServeError
 
@@ -28,6 +29,10 @@ NOTHING_DRAWN_HINT = "The canvas is empty: draw a digit first."
 PENDING_TEXT = (
     "Not saved yet: the database is unreachable. "
     "The prediction is kept and will be saved automatically when the database is back."
+)
+DELETED_TEXT = (
+    "This drawing was deleted on the History page, so changes to it are no longer saved. "
+    "Clear the canvas to start a new drawing."
 )
 
 
@@ -167,10 +172,10 @@ class DrawPage:
 
     async def _save(self, draft: PredictionDraft) -> None:
         """Save even if the canvas was cleared meanwhile; report only on the current drawing."""
-        saved = await run.io_bound(self.services.store.save, draft)
+        outcome = await run.io_bound(self.services.store.save, draft)
         if draft.key != self.drawing_key:
             return
-        self.waiting_for_database = not saved
+        self.waiting_for_database = outcome is SaveOutcome.PENDING
         self._show_save_status(draft)
 
     def _check_pending_save(self) -> None:
@@ -185,6 +190,10 @@ class DrawPage:
         if self.waiting_for_database:
             self.save_status.set_text(PENDING_TEXT)
             self.save_status.classes(replace="text-sm text-orange-700 font-bold")
+            return
+        if self.services.store.is_deleted(draft.key):
+            self.save_status.set_text(DELETED_TEXT)
+            self.save_status.classes(replace="text-sm text-orange-700")
             return
         row_id = self.services.store.row_id(draft.key)
         labelled = "" if draft.true_label is None else f", true label {draft.true_label}"

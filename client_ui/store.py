@@ -2,18 +2,33 @@
 
 Every save writes the drawing's latest state; when the database is unreachable the state goes
 to the outbox instead, and `flush()` (called periodically) moves it into the database later.
+A drawing whose row was deleted (on the History page) is not written again: a later label or
+stroke in a tab that still shows it must not bring the row back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from enum import Enum
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS, Database
 from client_ui.outbox import Outbox, PendingEntry, PredictionDraft
 
 log = logging.getLogger(__name__)
+
+
+class SaveOutcome(Enum):
+    """Where a save left the drawing."""
+
+    SAVED = "saved"
+    PENDING = "pending"
+    DELETED = "deleted"
+
+
+class RowDeletedError(LookupError):
+    """The drawing's row was in the database and has been deleted since."""
 
 
 class PredictionStore:
@@ -23,6 +38,7 @@ class PredictionStore:
         self.database = database
         self.outbox = outbox
         self._row_ids: dict[str, int] = {}
+        self._deleted: set[str] = set()
         self._lock = threading.Lock()
         self._schema_ready = False
 
@@ -35,9 +51,11 @@ class PredictionStore:
             return False
         return True
 
-    def save(self, draft: PredictionDraft) -> bool:
-        """True when the row is in the database, False when it waits in the outbox."""
+    def save(self, draft: PredictionDraft) -> SaveOutcome:
+        """Write the drawing's row, or keep the draft in the outbox while the database is down."""
         with self._lock:
+            if draft.key in self._deleted:
+                return SaveOutcome.DELETED
             try:
                 self._write(draft, self._row_ids.get(draft.key))
             except DATABASE_DOWN_ERRORS as error:
@@ -47,9 +65,12 @@ class PredictionStore:
                     _first_line(error),
                 )
                 self.outbox.put(draft, self._row_ids.get(draft.key))
-                return False
+                return SaveOutcome.PENDING
+            except RowDeletedError:
+                self._forget(draft.key)
+                return SaveOutcome.DELETED
             self.outbox.remove(draft.key)
-            return True
+            return SaveOutcome.SAVED
 
     def flush(self) -> int:
         """Move pending drafts into the database; returns how many were saved."""
@@ -61,6 +82,13 @@ class PredictionStore:
                 except DATABASE_DOWN_ERRORS as error:
                     log.info("database still unreachable: %s", _first_line(error))
                     break
+                except RowDeletedError:
+                    log.info(
+                        "drawing %s was deleted meanwhile; its pending change is dropped",
+                        entry.draft.key,
+                    )
+                    self._forget(entry.draft.key)
+                    continue
                 saved += 1
         if saved:
             log.info("saved %d pending drawing(s) from the outbox", saved)
@@ -68,6 +96,9 @@ class PredictionStore:
 
     def is_pending(self, key: str) -> bool:
         return self.outbox.contains(key)
+
+    def is_deleted(self, key: str) -> bool:
+        return key in self._deleted
 
     def row_id(self, key: str) -> int | None:
         return self._row_ids.get(key)
@@ -86,12 +117,20 @@ class PredictionStore:
         self.outbox.remove(key)
 
     def _write(self, draft: PredictionDraft, row_id: int | None) -> None:
+        """Insert the drawing's first row, then update that row; RowDeletedError once it is gone."""
         self._create_tables_once()
         values = draft.row_values()
         with self.database.session() as session:
-            if row_id is None or not queries.update_prediction(session, row_id, values):
+            if row_id is None:
                 row_id = queries.insert_prediction(session, values)
+            elif not queries.update_prediction(session, row_id, values):
+                raise RowDeletedError(row_id)
         self._row_ids[draft.key] = row_id
+
+    def _forget(self, key: str) -> None:
+        self._deleted.add(key)
+        self._row_ids.pop(key, None)
+        self.outbox.remove(key)
 
 
 def _first_line(error: Exception) -> str:

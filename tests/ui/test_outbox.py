@@ -16,7 +16,7 @@ from client_ui import queries
 from client_ui.database import Database
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
-from client_ui.store import PredictionStore
+from client_ui.store import PredictionStore, SaveOutcome
 from tests.fixtures.database import PostgresServer
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
@@ -66,9 +66,10 @@ def test_drawings_wait_in_the_outbox_and_are_saved_when_the_database_is_back(
     assert not store.ensure_schema()
 
     first = draft("a1", predicted=4)
-    assert store.save(first) is False
-    assert store.save(replace(first, true_label=9)) is False  # the label joins the pending draft
-    assert store.save(draft("b2", predicted=2)) is False
+    assert store.save(first) is SaveOutcome.PENDING
+    # the label joins the pending draft
+    assert store.save(replace(first, true_label=9)) is SaveOutcome.PENDING
+    assert store.save(draft("b2", predicted=2)) is SaveOutcome.PENDING
     assert store.is_pending("a1") and store.pending_count() == 2
     assert store.flush() == 0
 
@@ -82,7 +83,8 @@ def test_the_outbox_survives_a_restart_of_the_app(
     outage: tuple[Database, Callable], tmp_path: Path
 ) -> None:
     database, bring_back = outage
-    assert PredictionStore(database, Outbox(tmp_path / "outbox")).save(draft()) is False
+    store = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    assert store.save(draft()) is SaveOutcome.PENDING
 
     bring_back()
     restarted = PredictionStore(database, Outbox(tmp_path / "outbox"))
@@ -93,11 +95,50 @@ def test_the_outbox_survives_a_restart_of_the_app(
 def test_later_saves_of_a_drawing_update_its_row(sqlite_database: Database, tmp_path: Path) -> None:
     store = PredictionStore(sqlite_database, Outbox(tmp_path / "outbox"))
     first = draft("c3", predicted=1)
-    assert store.save(first)
-    assert store.save(replace(first, predicted_digit=7, true_label=7))
+    assert store.save(first) is SaveOutcome.SAVED
+    assert store.save(replace(first, predicted_digit=7, true_label=7)) is SaveOutcome.SAVED
     assert rows(sqlite_database) == [(7, 7)]
     assert store.row_id("c3") is not None
     assert store.pending_count() == 0
+
+
+def delete_row(database: Database, row_id: int) -> None:
+    with database.session() as session:
+        assert queries.delete_prediction(session, row_id)
+
+
+def test_a_deleted_drawing_is_not_saved_again(database: Database, tmp_path: Path) -> None:
+    store = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    kept, deleted = draft("k1", predicted=2), draft("d1", predicted=5)
+    assert store.save(kept) is SaveOutcome.SAVED
+    assert store.save(deleted) is SaveOutcome.SAVED
+    row_id = store.row_id("d1")
+    assert row_id is not None
+    delete_row(database, row_id)
+
+    assert store.save(replace(deleted, true_label=5)) is SaveOutcome.DELETED
+    assert store.save(replace(deleted, predicted_digit=6)) is SaveOutcome.DELETED
+    assert store.is_deleted("d1") and not store.is_deleted("k1")
+    assert store.save(replace(kept, true_label=2)) is SaveOutcome.SAVED
+    assert rows(database) == [(2, 2)]
+
+
+def test_a_pending_change_to_a_drawing_deleted_meanwhile_is_dropped(
+    database: Database, tmp_path: Path
+) -> None:
+    """The app restarts with a labelled drawing in its outbox; its row was deleted meanwhile."""
+    first = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    assert first.save(draft("p1", predicted=3)) is SaveOutcome.SAVED
+    row_id = first.row_id("p1")
+    assert row_id is not None
+    Outbox(tmp_path / "outbox").put(replace(draft("p1", predicted=3), true_label=3), row_id)
+    delete_row(database, row_id)
+
+    restarted = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    assert restarted.pending_count() == 1
+    assert restarted.flush() == 0
+    assert restarted.pending_count() == 0 and restarted.is_deleted("p1")
+    assert rows(database) == []
 
 
 def test_outbox_rejects_keys_that_are_not_plain_ids(tmp_path: Path) -> None:

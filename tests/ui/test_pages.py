@@ -16,12 +16,12 @@ from nicegui.testing.user import User
 from client_ui import main, queries
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
-from client_ui.draw import PENDING_TEXT
+from client_ui.draw import DELETED_TEXT, PENDING_TEXT
 from client_ui.images import data_url
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
 from client_ui.services import AppServices
-from client_ui.store import PredictionStore
+from client_ui.store import PredictionStore, SaveOutcome
 from tests.ui.conftest import FakeModelClient, digit_png
 
 
@@ -77,6 +77,28 @@ async def test_clicking_a_label_confirms_it_and_more_strokes_update_the_same_row
     stroke(user, digit_png(), strokes=2)
     await user.should_see("Saved as #1.")
     assert [(d, label) for d, label, _ in stored(services.database)] == [(5, None)]
+
+
+async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
+    user: User, services: AppServices
+) -> None:
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    with services.database.session() as session:  # another tab's History page deletes it
+        assert queries.delete_prediction(session, 1)
+
+    user.find(marker="label-3").click()
+    await user.should_see(DELETED_TEXT, marker="save-status")
+    stroke(user, digit_png(), strokes=2)
+    await user.should_see("Keep drawing")
+    await user.should_see(DELETED_TEXT, marker="save-status")
+    assert stored(services.database) == []
+
+    user.find(marker="clear-button").click()
+    stroke(user, digit_png())
+    await user.should_see("Saved as #")
+    assert [(d, label) for d, label, _ in stored(services.database)] == [(3, None)]
 
 
 async def test_an_empty_canvas_gives_a_hint_and_no_request(
@@ -261,7 +283,7 @@ async def test_the_outbox_worker_saves_pending_drawings_once_the_database_is_bac
     missing = tmp_path / "db-comes-later"
     down = Database(f"sqlite:///{missing / 'predictions.db'}")
     store = PredictionStore(down, Outbox(tmp_path / "pending"))
-    assert store.save(draft_for_worker()) is False
+    assert store.save(draft_for_worker()) is SaveOutcome.PENDING
     monkeypatch.setattr(main, "OUTBOX_RETRY_SECONDS", 0.05)
     worker = asyncio.create_task(main._deliver_outbox(AppServices(down, store, FakeModelClient())))
     try:
