@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,12 @@ class MNISTHandler(BaseHandler):
         self.device = choose_device(properties)
         torch.set_num_threads(torch_threads(getattr(context, "model_yaml_config", None)))
         model_file = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
-        self.model = torch.jit.load(str(model_file), map_location=self.device).eval()
+        with warnings.catch_warnings():
+            # torch 2.14 calls TorchScript deprecated; TorchServe loads exactly that, and the
+            # warning would fill every worker's log. (training.export does the same; the archive
+            # carries only handler/, so this cannot import it.)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
+            self.model = torch.jit.load(str(model_file), map_location=self.device).eval()
         self.model_version = str(self.manifest["model"].get("modelVersion", "unknown"))
         self.inference(torch.zeros(1, 1, 28, 28))
         self.initialized = True

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from handler.preprocessing import ImageInput, decode_image, preprocess
+from training.export import load_torchscript
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class MNISTPredictor:
 
     def __init__(self, model_path: str | Path, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = torch.jit.load(str(model_path), map_location=self.device).eval()
+        self.model = load_torchscript(Path(model_path), self.device)
 
     def predict(self, image: ImageInput | bytes) -> Prediction:
         """Classify one digit."""

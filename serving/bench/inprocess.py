@@ -17,6 +17,7 @@ import torch
 from handler.preprocessing import decode_image, normalise, to_mnist_pixels
 from model.predictor import MNISTPredictor
 from serving.bench.loadgen import Payload
+from training.export import load_torchscript
 
 BATCH_SIZE = 32
 # A lone request reaches the worker after the machine has idled; a pause before each call
@@ -104,7 +105,7 @@ def measure_stages(
 ) -> dict[str, float]:
     """Median microseconds per image of each step a served request also pays for."""
     torch.set_num_threads(1)
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    model = load_torchscript(model_path)
     images = [decode_image(payload.body) for payload in payloads]
     pixels = [to_mnist_pixels(image) for image in images]
     tensors = [normalise(values) for values in pixels]
