@@ -218,9 +218,25 @@ def _grpc_target(entries: list[Entry]) -> Entry:
             f"; frontend CPU per request at c=32: gRPC {grpc32['frontend_cpu_ms_per_request']:.2f}"
             f" vs REST {rest32['frontend_cpu_ms_per_request']:.2f} ms, load generator "
             f"{grpc32['client_cpu_ms_per_request']:.2f} vs "
-            f"{rest32['client_cpu_ms_per_request']:.2f} ms (grpc.aio costs more than aiohttp)"
+            f"{rest32['client_cpu_ms_per_request']:.2f} ms (grpc.aio costs more than aiohttp); "
+            f"gRPC req/s as a share of REST's, each pair measured back to back: "
+            f"{grpc_share_of_rest(entries)}"
         )
     return _target("gRPC vs REST", "at least as fast", measured, latency_ok and throughput_ok, note)
+
+
+def grpc_share_of_rest(entries: list[Entry]) -> str:
+    """'c=1 96%, c=4 81%, ...': gRPC's throughput over REST's at every concurrency of the
+    shipped configuration, so the verdict at 1 and 32 callers can be read against the sweep."""
+    shares = []
+    for concurrency in sorted(
+        {entry["concurrency"] for entry in entries if "concurrency" in entry}
+    ):
+        grpc, rest = served(entries, "grpc", concurrency), served(entries, "rest", concurrency)
+        if grpc and rest and rest["requests_per_s"] > 0:
+            share = grpc["requests_per_s"] / rest["requests_per_s"]
+            shares.append(f"c={concurrency} {share:.0%}")
+    return ", ".join(shares)
 
 
 def _batching_target(entries: list[Entry]) -> Entry:

@@ -1,22 +1,28 @@
-"""The report's drift sentence, on hand-made entries (no server needed)."""
+"""The report's drift sentence and gRPC comparison, on hand-made entries (no server needed)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from serving.bench import report
+from serving.bench import analysis, report
 from serving.bench.plan import CANDIDATE, DRIFT_CHECK
 
 
-def _rest_c32(variant: str, requests_per_s: float) -> dict[str, Any]:
+def _served(
+    variant: str, requests_per_s: float, protocol: str = "rest", concurrency: int = 32
+) -> dict[str, Any]:
     return {
         "kind": "served",
         "variant": variant,
-        "protocol": "rest",
-        "concurrency": 32,
+        "protocol": protocol,
+        "concurrency": concurrency,
         "keep_alive": True,
         "requests_per_s": requests_per_s,
     }
+
+
+def _rest_c32(variant: str, requests_per_s: float) -> dict[str, Any]:
+    return _served(variant, requests_per_s)
 
 
 def test_drift_compares_the_first_and_last_candidate() -> None:
@@ -26,3 +32,17 @@ def test_drift_compares_the_first_and_last_candidate() -> None:
 
 def test_no_drift_sentence_without_the_last_candidate() -> None:
     assert report.drift_note([_rest_c32(CANDIDATE, 800.0)]) == ""
+
+
+def test_grpc_share_of_rest_covers_every_concurrency_measured_with_both() -> None:
+    entries = [
+        _served("shipped", 100.0, "rest", 1),
+        _served("shipped", 96.0, "grpc", 1),
+        _served("shipped", 400.0, "rest", 4),
+        _served("shipped", 324.0, "grpc", 4),
+        _served("shipped", 800.0, "rest", 8),
+        _served("shipped", 999.0, "grpc", 16),
+        _served(CANDIDATE, 10.0, "grpc", 32),
+        _served(CANDIDATE, 1000.0, "rest", 32),
+    ]
+    assert analysis.grpc_share_of_rest(entries) == "c=1 96%, c=4 81%"
