@@ -27,7 +27,7 @@ from serving.bench import analysis, report
 from serving.bench.analysis import LABELS
 from serving.bench.loadgen import LoadSpec, Payload, run_grpc, run_rest
 from serving.bench.plan import FULL, QUICK, SHIPPED, SHIPPED_UNBATCHED, Plan, tuning_variants
-from serving.bench.served import measure_variant, shipped_runs, tuning_runs
+from serving.bench.served import measure_variant, shipped_runs, tuning_runs, unbatched_runs
 from serving.server import free_ports
 from serving.settings import PROJECT_ROOT, get_settings
 from training.drawings import drawings
@@ -188,7 +188,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         if not plan.quick:
             runs, warmup = tuning_runs(plan), plan.tuning_warmup_seconds
-            for variant in [SHIPPED_UNBATCHED, *tuning_variants()]:
+            entries += measure_variant(
+                SHIPPED_UNBATCHED,
+                mar,
+                workdir,
+                plan,
+                payloads,
+                unbatched_runs(plan),
+                "tuning",
+                warmup,
+            )
+            for variant in tuning_variants():
                 entries += measure_variant(
                     variant, mar, workdir, plan, payloads, runs, "tuning", warmup
                 )

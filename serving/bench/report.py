@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench.analysis import LABELS, cpu_per_request, find, profile, served
-from serving.bench.plan import CANDIDATE, DRIFT_CHECK
+from serving.bench.plan import CANDIDATE, DRIFT_CHECK, SHIPPED_UNBATCHED
 
 Entry = dict[str, Any]
 
@@ -194,6 +194,53 @@ def _sweep(entries: list[Entry]) -> list[str]:
     return ["## Concurrency sweep (shipped config)", "", *_table(header, rows)]
 
 
+def batching_sweep(entries: list[Entry]) -> list[str]:
+    """REST with and without batching at every concurrency both were measured at."""
+    unbatched_name = SHIPPED_UNBATCHED.name
+    levels = sorted(
+        {
+            e["concurrency"]
+            for e in entries
+            if e["kind"] == "served" and e["variant"] == unbatched_name
+        }
+    )
+    rows = []
+    for concurrency in levels:
+        batched = served(entries, "rest", concurrency)
+        unbatched = served(entries, "rest", concurrency, variant=unbatched_name)
+        if batched and unbatched:
+            rows.append(
+                [
+                    concurrency,
+                    batched["median_ms"],
+                    batched["requests_per_s"],
+                    batched.get("mean_batch_size"),
+                    unbatched["median_ms"],
+                    unbatched["requests_per_s"],
+                ]
+            )
+    if not rows:
+        return []
+    header = [
+        "concurrency",
+        "batched median ms",
+        "batched req/s",
+        "mean batch",
+        "unbatched median ms",
+        "unbatched req/s",
+    ]
+    return [
+        "## Batching trade-off (REST)",
+        "",
+        "The shipped configuration (batch <= 8, waiting <= 1 ms) against the same with "
+        f"batchSize 1 (`{unbatched_name}`, its own TorchServe, measured a few minutes later). "
+        "Batching pays where its rows have more requests/s; below that, every batch waits out "
+        "the delay.",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def _tuning_row(entries: list[Entry], start: Entry) -> list[Any]:
     name = start["variant"]
     rest1, rest32, grpc32 = (served(entries, p, c, variant=name) for p, c in TUNING_CELLS)
@@ -351,6 +398,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_targets(results["targets"]),
         *_profile_section(results),
         *_sweep(entries),
+        *batching_sweep(entries),
         *_tuning(entries),
         *_loadgen(entries),
         *_training(entries),
@@ -406,12 +454,30 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color=colour,
             label=f"{LABELS[protocol]} p99",
         )
+    unbatched = sorted(
+        (
+            e
+            for e in entries
+            if e["kind"] == "served"
+            and e["variant"] == SHIPPED_UNBATCHED.name
+            and e["protocol"] == "rest"
+        ),
+        key=lambda e: e["concurrency"],
+    )
+    if len(unbatched) > 1:
+        throughput.plot(
+            [e["concurrency"] for e in unbatched],
+            [e["requests_per_s"] for e in unbatched],
+            "s--",
+            color="tab:green",
+            label="REST, batchSize 1",
+        )
     throughput.axhline(1000, color="grey", linestyle=":", label="target 1,000 req/s")
     throughput.set(
         xscale="log",
         xlabel="concurrent callers",
         ylabel="requests/s",
-        title="Throughput (shipped config)",
+        title="Throughput (shipped config; green: batchSize 1)",
     )
     latency.axhline(3, color="grey", linestyle=":", label="3 ms / 100 ms targets")
     latency.axhline(100, color="grey", linestyle=":")

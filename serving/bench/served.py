@@ -190,3 +190,9 @@ def tuning_runs(plan: Plan) -> list[Run]:
         Run("rest", 32, plan.tuning_seconds, "tuning"),
         Run("grpc", 32, plan.tuning_seconds, "tuning"),
     ]
+
+
+def unbatched_runs(plan: Plan) -> list[Run]:
+    """The tuning runs plus REST at the rest of the sweep: where batching starts to pay off."""
+    sweep = [c for c in plan.sweep if c not in (1, 32)]
+    return tuning_runs(plan) + [Run("rest", c, plan.sweep_seconds, "batching") for c in sweep]

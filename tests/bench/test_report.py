@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.bench import analysis, report
-from serving.bench.plan import CANDIDATE, DRIFT_CHECK
+from serving.bench.plan import CANDIDATE, DRIFT_CHECK, SHIPPED_UNBATCHED
 
 
 def _served(
@@ -46,3 +46,24 @@ def test_grpc_share_of_rest_covers_every_concurrency_measured_with_both() -> Non
         _served(CANDIDATE, 1000.0, "rest", 32),
     ]
     assert analysis.grpc_share_of_rest(entries) == "c=1 96%, c=4 81%"
+
+
+def test_batching_table_pairs_each_concurrency_measured_with_and_without_batching() -> None:
+    unbatched = SHIPPED_UNBATCHED.name
+    entries = [
+        {"kind": "cold-start", "variant": unbatched, "cold_start_s": 3.0},
+        {**_served("shipped", 400.0, "rest", 4), "median_ms": 9.0, "mean_batch_size": 2.5},
+        {**_served(unbatched, 650.0, "rest", 4), "median_ms": 6.0, "mean_batch_size": 1.0},
+        {**_served("shipped", 1100.0, "rest", 32), "median_ms": 28.0, "mean_batch_size": 7.9},
+        {**_served(unbatched, 600.0, "rest", 32), "median_ms": 52.0, "mean_batch_size": 1.0},
+        {**_served(unbatched, 630.0, "grpc", 8), "median_ms": 12.0, "mean_batch_size": 1.0},
+    ]
+    table = [line for line in report.batching_sweep(entries) if line.startswith("| ")]
+    assert table[1:] == [
+        "| 4 | 9.00 | 400.00 | 2.50 | 6.00 | 650.00 |",
+        "| 32 | 28.00 | 1,100.00 | 7.90 | 52.00 | 600.00 |",
+    ]
+
+
+def test_no_batching_table_without_the_unbatched_variant() -> None:
+    assert report.batching_sweep([_served("shipped", 400.0, "rest", 4)]) == []
