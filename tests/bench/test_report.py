@@ -67,3 +67,31 @@ def test_batching_table_pairs_each_concurrency_measured_with_and_without_batchin
 
 def test_no_batching_table_without_the_unbatched_variant() -> None:
     assert report.batching_sweep([_served("shipped", 400.0, "rest", 4)]) == []
+
+
+def test_best_tuning_row_is_shown_beside_the_shipped_configuration_measured_again() -> None:
+    entries = [
+        {
+            **_served("1-worker", 250.0, "rest", 1),
+            "group": "tuning",
+            "requests": 9,
+            "median_ms": 3.8,
+        },
+        {
+            **_served(CANDIDATE, 170.0, "rest", 1),
+            "group": "tuning",
+            "requests": 9,
+            "median_ms": 5.8,
+        },
+        {
+            **_served(DRIFT_CHECK, 200.0, "rest", 1),
+            "group": "tuning",
+            "requests": 9,
+            "median_ms": 4.4,
+        },
+    ]
+    note = analysis.best_tuning_note(entries, 1, "median_ms", lowest=True)
+    assert note == (
+        "; best tuning row: 1-worker at 3.80 (the shipped configuration's own tuning rows: "
+        "5.80 and 4.40)"
+    )
