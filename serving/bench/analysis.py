@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from serving.bench.plan import CANDIDATE, DRIFT_CHECK
+from serving.bench.plan import CANDIDATE, DRIFT_CHECK, SHIPPED_UNBATCHED
 
 Entry = dict[str, Any]
 
@@ -250,7 +250,7 @@ def grpc_share_of_rest(entries: list[Entry]) -> str:
 
 def _batching_target(entries: list[Entry]) -> Entry:
     batched = served(entries, "rest", 1)
-    unbatched = served(entries, "rest", 1, variant="shipped-unbatched")
+    unbatched = served(entries, "rest", 1, variant=SHIPPED_UNBATCHED.name)
     if not (batched and unbatched):
         return _target(
             "batching cost, lone request", "<= 1 ms", "not measured (full run only)", None

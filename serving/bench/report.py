@@ -167,18 +167,23 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _curve(entries: list[Entry], protocol: str, variant: str = "shipped") -> list[Entry]:
+    """One configuration's runs over `protocol` (kept-alive connections), by concurrency."""
+    points = [
+        e
+        for e in entries
+        if e["kind"] == "served"
+        and e["variant"] == variant
+        and e["protocol"] == protocol
+        and e["keep_alive"]
+    ]
+    return sorted(points, key=lambda e: e["concurrency"])
+
+
 def _sweep(entries: list[Entry]) -> list[str]:
     rows = []
     for protocol in ("rest", "grpc"):
-        points = [
-            e
-            for e in entries
-            if e["kind"] == "served"
-            and e["variant"] == "shipped"
-            and e["protocol"] == protocol
-            and e["keep_alive"]
-        ]
-        for entry in sorted(points, key=lambda e: e["concurrency"]):
+        for entry in _curve(entries, protocol):
             rows.append(
                 [
                     LABELS[protocol],
@@ -197,15 +202,8 @@ def _sweep(entries: list[Entry]) -> list[str]:
 def batching_sweep(entries: list[Entry]) -> list[str]:
     """REST with and without batching at every concurrency both were measured at."""
     unbatched_name = SHIPPED_UNBATCHED.name
-    levels = sorted(
-        {
-            e["concurrency"]
-            for e in entries
-            if e["kind"] == "served" and e["variant"] == unbatched_name
-        }
-    )
     rows = []
-    for concurrency in levels:
+    for concurrency in (e["concurrency"] for e in _curve(entries, "rest", unbatched_name)):
         batched = served(entries, "rest", concurrency)
         unbatched = served(entries, "rest", concurrency, variant=unbatched_name)
         if batched and unbatched:
@@ -419,17 +417,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     entries = results["configurations"]
     figure, (throughput, latency, split) = plt.subplots(1, 3, figsize=(17, 5))
     for protocol, colour in (("rest", "tab:blue"), ("grpc", "tab:orange")):
-        points = sorted(
-            (
-                e
-                for e in entries
-                if e["kind"] == "served"
-                and e["variant"] == "shipped"
-                and e["protocol"] == protocol
-                and e["keep_alive"]
-            ),
-            key=lambda e: e["concurrency"],
-        )
+        points = _curve(entries, protocol)
         if not points:
             continue
         levels = [e["concurrency"] for e in points]
@@ -454,16 +442,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color=colour,
             label=f"{LABELS[protocol]} p99",
         )
-    unbatched = sorted(
-        (
-            e
-            for e in entries
-            if e["kind"] == "served"
-            and e["variant"] == SHIPPED_UNBATCHED.name
-            and e["protocol"] == "rest"
-        ),
-        key=lambda e: e["concurrency"],
-    )
+    unbatched = _curve(entries, "rest", SHIPPED_UNBATCHED.name)
     if len(unbatched) > 1:
         throughput.plot(
             [e["concurrency"] for e in unbatched],

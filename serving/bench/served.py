@@ -194,5 +194,7 @@ def tuning_runs(plan: Plan) -> list[Run]:
 
 def unbatched_runs(plan: Plan) -> list[Run]:
     """The tuning runs plus REST at the rest of the sweep: where batching starts to pay off."""
-    sweep = [c for c in plan.sweep if c not in (1, 32)]
-    return tuning_runs(plan) + [Run("rest", c, plan.sweep_seconds, "batching") for c in sweep]
+    runs = tuning_runs(plan)
+    measured = {run.concurrency for run in runs if run.protocol == "rest"}
+    sweep = [c for c in plan.sweep if c not in measured]
+    return runs + [Run("rest", c, plan.sweep_seconds, "batching") for c in sweep]
