@@ -48,6 +48,32 @@ def test_grpc_share_of_rest_covers_every_concurrency_measured_with_both() -> Non
     assert analysis.grpc_share_of_rest(entries) == "c=1 96%, c=4 81%"
 
 
+def _grpc_and_rest(concurrency: int, grpc_rps: float, rest_rps: float) -> list[dict[str, Any]]:
+    """A back-to-back pair of the shipped configuration, with what the gRPC target reads."""
+    shared = {
+        "median_ms": 5.0,
+        "frontend_cpu_ms_per_request": 0.5,
+        "client_cpu_ms_per_request": 0.3,
+        "worker_cpu_ms_per_request": 2.0,
+    }
+    return [
+        {**_served("shipped", grpc_rps, "grpc", concurrency), **shared},
+        {**_served("shipped", rest_rps, "rest", concurrency), **shared},
+    ]
+
+
+def test_grpc_target_fails_when_grpc_is_slower_between_the_ends_of_the_sweep() -> None:
+    tie_at_the_ends = _grpc_and_rest(1, 200.0, 200.0) + _grpc_and_rest(32, 1000.0, 990.0)
+    slower_at_4 = tie_at_the_ends + _grpc_and_rest(4, 400.0, 500.0)
+    within_noise_at_4 = tie_at_the_ends + _grpc_and_rest(4, 480.0, 500.0)
+
+    failed = analysis._grpc_target(slower_at_4)
+    assert failed["met"] is False
+    assert "slower beyond the noise at c=4" in failed["note"]
+    assert "c=4 80%" in failed["note"]
+    assert analysis._grpc_target(within_noise_at_4)["met"] is True
+
+
 def test_batching_table_pairs_each_concurrency_measured_with_and_without_batching() -> None:
     unbatched = SHIPPED_UNBATCHED.name
     entries = [
