@@ -213,7 +213,7 @@ def _throughput_targets(
 def _grpc_target(entries: list[Entry]) -> Entry:
     """gRPC must match REST at every concurrency of the sweep, not only at 1 and 32 callers:
     a protocol that ties at both ends can still be slower in between."""
-    pairs = _protocol_pairs(entries)
+    pairs = protocol_pairs(entries)
     if 1 not in pairs or 32 not in pairs:
         return _target("gRPC vs REST", "at least as fast", "not measured", None)
     (grpc1, rest1), (grpc32, rest32) = pairs[1], pairs[32]
@@ -229,7 +229,7 @@ def _grpc_target(entries: list[Entry]) -> Entry:
     )
     note = (
         f"within {GRPC_TOLERANCE:.0%} counts as equal (run-to-run noise); gRPC req/s as a share "
-        f"of REST's, each pair measured back to back: {grpc_share_of_rest(entries)}"
+        f"of REST's, each pair measured back to back: {grpc_share_of_rest(pairs)}"
     )
     if slower_at or not latency_ok:
         where = ", ".join(f"c={concurrency}" for concurrency in slower_at) or "none"
@@ -247,7 +247,7 @@ def _grpc_target(entries: list[Entry]) -> Entry:
     return _target("gRPC vs REST", "at least as fast", measured, latency_ok and not slower_at, note)
 
 
-def _protocol_pairs(entries: list[Entry]) -> dict[int, tuple[Entry, Entry]]:
+def protocol_pairs(entries: list[Entry]) -> dict[int, tuple[Entry, Entry]]:
     """(gRPC, REST) entries of the shipped configuration for each concurrency measured with both."""
     pairs = {}
     for concurrency in sorted(
@@ -259,12 +259,12 @@ def _protocol_pairs(entries: list[Entry]) -> dict[int, tuple[Entry, Entry]]:
     return pairs
 
 
-def grpc_share_of_rest(entries: list[Entry]) -> str:
-    """'c=1 96%, c=4 81%, ...': gRPC's throughput over REST's at every concurrency of the
-    shipped configuration, so the verdict can be read against the whole sweep."""
+def grpc_share_of_rest(pairs: dict[int, tuple[Entry, Entry]]) -> str:
+    """'c=1 96%, c=4 81%, ...': gRPC's throughput over REST's for each of `protocol_pairs`,
+    so the verdict can be read against the whole sweep."""
     return ", ".join(
         f"c={concurrency} {_grpc_share(grpc, rest):.0%}"
-        for concurrency, (grpc, rest) in _protocol_pairs(entries).items()
+        for concurrency, (grpc, rest) in pairs.items()
     )
 
 

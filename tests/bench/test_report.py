@@ -21,17 +21,13 @@ def _served(
     }
 
 
-def _rest_c32(variant: str, requests_per_s: float) -> dict[str, Any]:
-    return _served(variant, requests_per_s)
-
-
 def test_drift_compares_the_first_and_last_candidate() -> None:
-    sentence = report.drift_note([_rest_c32(CANDIDATE, 800.0), _rest_c32(DRIFT_CHECK, 600.0)])
+    sentence = report.drift_note([_served(CANDIDATE, 800.0), _served(DRIFT_CHECK, 600.0)])
     assert "800" in sentence and "600" in sentence and "-25%" in sentence
 
 
 def test_no_drift_sentence_without_the_last_candidate() -> None:
-    assert report.drift_note([_rest_c32(CANDIDATE, 800.0)]) == ""
+    assert report.drift_note([_served(CANDIDATE, 800.0)]) == ""
 
 
 def test_grpc_share_of_rest_covers_every_concurrency_measured_with_both() -> None:
@@ -45,7 +41,7 @@ def test_grpc_share_of_rest_covers_every_concurrency_measured_with_both() -> Non
         _served(CANDIDATE, 10.0, "grpc", 32),
         _served(CANDIDATE, 1000.0, "rest", 32),
     ]
-    assert analysis.grpc_share_of_rest(entries) == "c=1 96%, c=4 81%"
+    assert analysis.grpc_share_of_rest(analysis.protocol_pairs(entries)) == "c=1 96%, c=4 81%"
 
 
 def _grpc_and_rest(concurrency: int, grpc_rps: float, rest_rps: float) -> list[dict[str, Any]]:
