@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,32 +42,35 @@ def test_training_input_is_exactly_what_the_handler_feeds(mnist) -> None:
         assert torch.equal(batch[index], normalise(test.images[index].numpy()))
 
 
-def test_augmentation_moves_pixels_but_keeps_shape_range_and_ink(mnist) -> None:
-    _, test = mnist
-    pixels = test.images[:32].unsqueeze(1).float() / 255
-    augmented = random_affine(pixels, torch.Generator().manual_seed(0))
+def _augmented(
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels in 0-1, augmented with seed 0), checked for what every augmentation keeps:
+    the shape, the 0-1 range and the same result for the same seed."""
+    pixels = images.unsqueeze(1).float() / 255
+    augmented = augment(pixels, torch.Generator().manual_seed(0))
     assert augmented.shape == pixels.shape
     assert augmented.min() >= 0 and augmented.max() <= 1
+    assert torch.equal(augmented, augment(pixels, torch.Generator().manual_seed(0)))
+    return pixels, augmented
+
+
+def test_augmentation_moves_pixels_but_keeps_shape_range_and_ink(mnist) -> None:
+    _, test = mnist
+    pixels, augmented = _augmented(random_affine, test.images[:32])
     assert not torch.allclose(augmented, pixels, atol=0.05)
     ink_ratio = augmented.sum(dim=(1, 2, 3)) / pixels.sum(dim=(1, 2, 3))
     assert ink_ratio.min() > 0.7 and ink_ratio.max() < 1.3  # small changes, digit still there
-    again = random_affine(pixels, torch.Generator().manual_seed(0))
-    assert torch.equal(augmented, again)
 
 
 def test_thickening_only_adds_ink_to_about_a_third_of_the_digits(mnist) -> None:
     _, test = mnist
-    pixels = test.images[:300].unsqueeze(1).float() / 255
-    thickened = random_thickening(pixels, torch.Generator().manual_seed(0))
-    assert thickened.shape == pixels.shape
-    assert thickened.min() >= 0 and thickened.max() <= 1
+    pixels, thickened = _augmented(random_thickening, test.images[:300])
     assert (thickened >= pixels).all()
     changed = (thickened != pixels).flatten(1).any(dim=1)
     assert 0.2 < changed.float().mean() < 0.4
     widest = torch.nn.functional.max_pool2d(pixels, 3, stride=1, padding=1)
     assert (thickened <= widest + 1e-6).all()  # at most one pixel wider on every side
-    again = random_thickening(pixels, torch.Generator().manual_seed(0))
-    assert torch.equal(thickened, again)
 
 
 def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
