@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test lint format bench clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench clean
 
 setup: $(SETUP_STAMP)
 
 # Re-installs only when pyproject.toml changed, so a second `make setup` takes no time.
 $(SETUP_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@touch $@
 
 data: setup
@@ -52,6 +52,11 @@ run: train-and-archive
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Under a minute: no training, no TorchServe, no browser (an untrained model where accuracy is
+# not what a test checks).
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -61,7 +66,7 @@ format: setup
 	$(PY) -m ruff check --fix .
 
 bench: setup
-	$(PY) -m serving.benchmark $(if $(QUICK),--quick,)
+	$(PY) -m benchmarks $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache

@@ -10,7 +10,7 @@ from nicegui import app, run, ui
 
 from client_ui import draw, history, statistics
 from client_ui.services import AppServices
-from serving.settings import get_settings
+from config import get_settings
 
 log = logging.getLogger(__name__)
 

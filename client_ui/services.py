@@ -8,8 +8,8 @@ from typing import Any, Protocol
 from client_ui.database import Database
 from client_ui.outbox import Outbox
 from client_ui.store import PredictionStore
+from config import Settings
 from serving.client import TorchServeClient
-from serving.settings import Settings
 
 
 class ModelClient(Protocol):

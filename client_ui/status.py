@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from client_ui.services import ModelClient
-from serving.client import parse_metrics
+from serving.client import metric_totals
 
 #: (metric name, how to show it); summed over all label sets.
 SHOWN_METRICS = [
@@ -38,14 +37,6 @@ class ServerStatus:
         return total_us / requests / 1000
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum every sample per metric name, over all its label sets."""
-    totals: dict[str, float] = defaultdict(float)
-    for sample in parse_metrics(text):
-        totals[sample.name] += sample.value
-    return dict(totals)
-
-
 def fetch_status(client: ModelClient) -> ServerStatus:
     """Blocking: three calls to TorchServe, each allowed to fail on its own."""
     status = ServerStatus()
@@ -62,7 +53,7 @@ def fetch_status(client: ModelClient) -> ServerStatus:
     except Exception as error:
         status.errors.append(f"model info: {error}")
     try:
-        totals = parse_prometheus(client.metrics())
+        totals = metric_totals(client.metrics())
         status.figures = {title: totals[name] for name, title in SHOWN_METRICS if name in totals}
     except Exception as error:
         status.errors.append(f"metrics: {error}")

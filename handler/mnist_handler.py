@@ -63,7 +63,7 @@ class MNISTHandler(BaseHandler):
         model_file = Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"]
         with warnings.catch_warnings():
             # torch 2.14 calls TorchScript deprecated; TorchServe loads exactly that, and the
-            # warning would fill every worker's log. (training.export does the same; the archive
+            # warning would fill every worker's log. (model.torchscript does the same; the archive
             # carries only handler/, so this cannot import it.)
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
             self.model = torch.jit.load(str(model_file), map_location=self.device).eval()

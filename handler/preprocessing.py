@@ -34,7 +34,7 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 MNIST_SIZE = 28
 DIGIT_BOX = 20
-# MNIST's mean centre of mass, in pixel-index coordinates (measured on the test set: 14.0).
+# MNIST's mean centre of mass, in pixel-index coordinates (the test set's average).
 CENTRE_OF_MASS = 14.0
 
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
@@ -110,9 +110,8 @@ def _open_header(data: bytes) -> Image.Image:
 def _decode_png_fast(data: bytes, header: Image.Image) -> Image.Image | None:
     """The pixels of a plain 8-bit PNG through libspng (pyspng), else None for Pillow to do.
 
-    Inflating the pixels is most of a request's cost, and libspng does it about 1.7 times
-    faster than Pillow (0.63 against 1.10 ms for a 280x280 canvas, measured with `make
-    bench`'s drawings). Only modes where both give the same pixels take this path.
+    Inflating the pixels is most of a request's cost, and libspng does it faster than Pillow
+    (docs/performance.md). Only modes where both give the same pixels take this path.
     """
     if pyspng is None or header.format != "PNG" or header.mode not in FAST_PNG_MODES:
         return None

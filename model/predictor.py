@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from handler.preprocessing import ImageInput, decode_image, preprocess
-from training.export import load_torchscript
+from model.torchscript import load_torchscript
 
 
 @dataclass(frozen=True)

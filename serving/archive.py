@@ -21,7 +21,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from serving.settings import get_settings
+from config import get_settings
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 HANDLER_FILE = HANDLER_DIR / "mnist_handler.py"

@@ -13,52 +13,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import threading
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from serving.settings import Settings, get_settings
+from config import Settings, get_settings
 
 DEFAULT_RETRIES = 2
 # TorchServe answers a missing, wrong or expired token with 400 and this exception type.
 TOKEN_ERROR_TYPE = "InvalidKeyException"
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
-PROMETHEUS_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
-PROMETHEUS_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-@dataclass(frozen=True)
-class MetricSample:
-    """One line of Prometheus text: a metric name, its labels and its value."""
-
-    name: str
-    labels: dict[str, str]
-    value: float
-
-
-def parse_metrics(text: str) -> list[MetricSample]:
-    """The samples in Prometheus text; comments and unparsable lines are skipped."""
-    samples = []
-    for line in text.splitlines():
-        match = PROMETHEUS_SAMPLE.match(line.strip())
-        if not match:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        labels = dict(PROMETHEUS_LABEL.findall(match.group(2) or ""))
-        samples.append(MetricSample(match.group(1), labels, value))
-    return samples
+def metric_totals(text: str) -> dict[str, float]:
+    """Each sample name of Prometheus text with its value summed over all label sets."""
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return dict(totals)
 
 
 # TorchServe's limit on a request body (max_request_size in config.properties). Anything

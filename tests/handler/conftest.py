@@ -1,4 +1,4 @@
-"""Fixtures for the handler tests: MNIST test digits, a predictor, and TorchServe's own context."""
+"""Fixtures for the handler tests: MNIST test digits and TorchServe's own worker context."""
 
 from __future__ import annotations
 
@@ -6,41 +6,13 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from model.predictor import MNISTPredictor
-from training.drawings import load_mnist_test
-
 HANDLER_DIR = Path(__file__).resolve().parents[2] / "handler"
 METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.(\w+):([\d.]+)\|#([^|]*)\|#type:(\w+)")
-
-
-@pytest.fixture(scope="session")
-def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    return load_mnist_test(mnist_dir)
-
-
-@pytest.fixture(scope="session")
-def predictor(trained_model: Path) -> MNISTPredictor:
-    return MNISTPredictor(trained_model, device="cpu")
-
-
-class CountingModel(torch.nn.Module):
-    """Wraps a model and records the batch size of every forward pass (`calls`)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.calls: list[int] = []
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        self.calls.append(batch.shape[0])
-        return self.model(batch)
 
 
 class WorkerContext:
@@ -68,8 +40,8 @@ class WorkerContext:
 
 
 @pytest.fixture
-def worker_context(trained_model: Path) -> WorkerContext:
-    return WorkerContext(trained_model)
+def worker_context(scripted_model: Path) -> WorkerContext:
+    return WorkerContext(scripted_model)
 
 
 def emitted_metrics(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:

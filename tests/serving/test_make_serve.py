@@ -11,9 +11,9 @@ import psutil
 import pytest
 import requests
 
+from config import PROJECT_ROOT, load_settings
 from serving.client import ServerUnavailableError, TorchServeClient
 from serving.server import private_instance_env
-from serving.settings import PROJECT_ROOT, load_settings
 from tests.fixtures.serving import RunningTorchServe
 
 pytestmark = pytest.mark.slow

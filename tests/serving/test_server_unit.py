@@ -1,4 +1,5 @@
-"""serving.server refuses to start with clear messages before launching anything."""
+"""serving.server without a TorchServe: the config it writes, and the refusals that come
+before launching anything."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from config import Settings, load_settings
 from serving.server import (
     ServerError,
     private_instance_env,
+    read_properties,
+    render_config,
     running_instance,
     start_torchserve,
     stop,
+    write_config,
 )
-from serving.settings import Settings, load_settings
 
 
 def settings_in(tmp_path: Path, **extra: str) -> Settings:
@@ -58,3 +62,33 @@ def test_stop_without_a_server_is_harmless_and_clears_a_stale_pid_file(tmp_path:
     pid_file.write_text("999999999\n")  # no such process
     assert stop(settings) is False
     assert not pid_file.exists()
+
+
+def test_rendered_config_takes_addresses_and_store_from_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "TS_INFERENCE_URL": "http://127.0.0.1:18080",
+            "TS_MANAGEMENT_URL": "http://127.0.0.1:18081",
+            "TS_METRICS_URL": "http://127.0.0.1:18082",
+            "TS_GRPC_TARGET": "127.0.0.1:17070",
+            "TS_GRPC_MANAGEMENT_TARGET": "127.0.0.1:17071",
+            "MODEL_STORE": str(tmp_path / "my store"),
+            "MODEL_NAME": "digits",
+        },
+        env_file=tmp_path / "no.env",
+    )
+    properties = render_config(settings, overrides={"job_queue_size": "7"})
+    assert properties["inference_address"] == "http://127.0.0.1:18080"
+    assert properties["metrics_address"] == "http://127.0.0.1:18082"
+    assert properties["grpc_inference_port"] == "17070"
+    assert properties["grpc_management_port"] == "17071"
+    assert properties["model_store"] == str(tmp_path / "my store")
+    assert properties["load_models"] == "digits=digits.mar"
+    assert properties["job_queue_size"] == "7"
+    assert Path(properties["metrics_config"]).is_absolute()
+    allowed = re.compile(properties["allowed_urls"])
+    assert allowed.fullmatch(f"file://{tmp_path}/my store/digits.mar")
+    assert not allowed.fullmatch(f"file://{tmp_path}/elsewhere/digits.mar")
+    assert not allowed.fullmatch("https://example.com/digits.mar")
+    written = write_config(tmp_path / "ts.properties", settings)
+    assert read_properties(written)["allowed_urls"] == properties["allowed_urls"]

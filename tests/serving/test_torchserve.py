@@ -16,12 +16,13 @@ from functools import cache
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import requests
 from PIL import Image, ImageDraw
 
 from model.predictor import MNISTPredictor, Prediction
-from serving.client import InputRejectedError, TorchServeClient
+from serving.client import MAX_REQUEST_BYTES, InputRejectedError, TorchServeClient
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from tests.fixtures.serving import RunningTorchServe
 from training.drawings import STYLES, drawings
@@ -206,6 +207,29 @@ def test_client_raises_input_rejected_over_rest_and_grpc(torchserve: RunningTorc
             torchserve.client.predict(b"not an image", use_grpc=use_grpc)
         assert caught.value.status == 400
         assert "not an image" in caught.value.message
+
+
+def test_the_clients_body_limit_is_the_frontends(torchserve: RunningTorchServe) -> None:
+    """A body of MAX_REQUEST_BYTES reaches the handler (its own 413 names a reason); one byte
+    more is cut off by the frontend itself."""
+    key = inference_key(torchserve)
+    at_limit = post(torchserve, bytes(MAX_REQUEST_BYTES), "application/octet-stream", key)
+    assert at_limit.status_code == 413 and at_limit.json()["reason"] == "too_large"
+    over = post(torchserve, bytes(MAX_REQUEST_BYTES + 1), "application/octet-stream", key)
+    assert over.status_code == 413 and "too_large" not in over.text
+
+
+def test_every_listener_is_on_loopback(torchserve: RunningTorchServe) -> None:
+    processes = [psutil.Process(torchserve.handle.pid)]
+    processes += processes[0].children(recursive=True)
+    listening = [
+        connection.laddr
+        for process in processes
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 5  # REST inference, management, metrics; gRPC twice
+    assert {address.ip for address in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def test_a_body_over_the_frontends_limit_is_refused(torchserve: RunningTorchServe) -> None:

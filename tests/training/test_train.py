@@ -11,9 +11,9 @@ import torch
 
 from handler.preprocessing import normalise
 from model.net import MnistNet
+from model.torchscript import ExportMismatchError, check_agreement, export_torchscript
 from training import plots
 from training.data import MnistSplit, load_split
-from training.export import ExportMismatchError, check_agreement, export_torchscript
 from training.train import (
     TrainConfig,
     confusion_matrix,
@@ -85,6 +85,17 @@ def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
     assert after.accuracy > 0.85
     assert len(epochs) == 2 and epochs[1]["test_accuracy"] == after.accuracy
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(
+    mnist, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, test = mnist
+    config = TrainConfig(epochs=1, batch_size=100, show_progress=True)
+    subset = MnistSplit(train.images[:300], train.labels[:300])
+    held_out = MnistSplit(test.images[:100], test.labels[:100])
+    fit(MnistNet(), subset, held_out, config, seed_everything(0))
+    assert "batch/s" not in capsys.readouterr().err
 
 
 def test_same_seed_gives_the_same_model(mnist) -> None:

@@ -33,8 +33,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from client_ui import queries
 from client_ui.database import Database
+from config import PROJECT_ROOT
 from serving.server import free_ports
-from tests.conftest import PROJECT_ROOT, require_or_skip
+from tests.conftest import require_or_skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.postgres]
 

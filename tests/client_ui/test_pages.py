@@ -22,7 +22,7 @@ from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
 from client_ui.services import AppServices
 from client_ui.store import PredictionStore, SaveOutcome
-from tests.ui.conftest import FakeModelClient, digit_png
+from tests.client_ui.conftest import FakeModelClient, digit_png
 
 
 def stroke(user: User, png: bytes | None = None, strokes: int = 1) -> None:

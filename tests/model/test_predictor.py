@@ -1,4 +1,4 @@
-"""MNISTPredictor in-process: accuracy on canvas-like drawings of real MNIST test digits."""
+"""MNISTPredictor in-process: its plumbing on an untrained model, its accuracy on a trained one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from handler.preprocessing import InvalidInputError, decode_image
 from model.predictor import MNISTPredictor
-from tests.handler.conftest import CountingModel
+from tests.fixtures.models import CountingModel
 from training.drawings import STYLES, drawings
 
 DIGITS_PER_STYLE = 200
@@ -18,19 +18,19 @@ ALLOWED_DROP = 0.05
 
 
 @pytest.fixture(scope="module")
-def mnist_accuracy(predictor: MNISTPredictor, mnist_test) -> float:
+def mnist_accuracy(trained_predictor: MNISTPredictor, mnist_test) -> float:
     """The model's accuracy on the very digits the drawings are made from."""
     images, labels = mnist_test
-    predictions = predictor.predict_batch(list(images[:DIGITS_PER_STYLE]))
+    predictions = trained_predictor.predict_batch(list(images[:DIGITS_PER_STYLE]))
     return float(np.mean([p.digit == label for p, label in zip(predictions, labels, strict=False)]))
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_drawings_are_classified_about_as_well_as_mnist(
-    style: str, predictor: MNISTPredictor, mnist_accuracy: float, mnist_dir
+    style: str, trained_predictor: MNISTPredictor, mnist_accuracy: float, mnist_dir
 ) -> None:
     samples = drawings(style, DIGITS_PER_STYLE, data_dir=mnist_dir)
-    predictions = predictor.predict_batch([data for data, _ in samples])
+    predictions = trained_predictor.predict_batch([data for data, _ in samples])
     accuracy = np.mean(
         [p.digit == label for p, (_, label) in zip(predictions, samples, strict=True)]
     )
@@ -39,9 +39,11 @@ def test_drawings_are_classified_about_as_well_as_mnist(
     assert accuracy >= mnist_accuracy - ALLOWED_DROP
 
 
-def test_prediction_carries_ten_probabilities(predictor: MNISTPredictor, mnist_test) -> None:
+def test_prediction_carries_ten_probabilities(
+    trained_predictor: MNISTPredictor, mnist_test
+) -> None:
     images, labels = mnist_test
-    prediction = predictor.predict(images[0])
+    prediction = trained_predictor.predict(images[0])
     assert len(prediction.probabilities) == 10
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
     assert prediction.digit == int(np.argmax(prediction.probabilities)) == labels[0]

@@ -1,8 +1,9 @@
-"""Closed-loop load generator: N concurrent callers, each sending its next request when the last
-one is answered, over a kept-alive aiohttp pool (REST) or one grpc.aio channel (gRPC).
+"""Closed-loop load generator: N callers, each sending its next request as soon as its last one
+is answered, over aiohttp (REST, one kept-alive connection per caller) or grpc.aio (gRPC).
 
-Every run is bounded by a request count and a wall-clock deadline, and records its own CPU time
-so the report can show that the generator is not what limits the throughput.
+It runs in the benchmark's own process, on the same cores as TorchServe, so every run records
+its own CPU time: the report can then show whether the generator rather than the server was
+the limit.
 """
 
 from __future__ import annotations
@@ -10,21 +11,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
+import psutil
+
+from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+from training.drawings import drawings
 
 REQUEST_TIMEOUT_S = 10.0
 MAX_ERROR_SAMPLES = 5
+# What the drawing app sends: black ink on a transparent canvas PNG.
+DRAWING_STYLE = "canvas_transparent"
 
 
 @dataclass(frozen=True)
 class Payload:
-    """One request body (a PNG drawing) and the digit it shows."""
+    """One request body (an encoded drawing) and the digit it shows."""
 
     body: bytes
     label: int
@@ -32,16 +41,35 @@ class Payload:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """How hard and how long to push: callers in flight, and two bounds on the run."""
+    """Callers in flight and how long to measure; warm-up requests are sent but not recorded."""
 
     concurrency: int
-    max_requests: int
-    max_seconds: float
+    seconds: float
     warmup_requests: int = 0
 
 
 class RequestFailedError(Exception):
     """A request that got no usable prediction (status, transport error or bad body)."""
+
+
+def load_payloads(count: int, data_dir: Path) -> list[Payload]:
+    """The first `count` MNIST test digits drawn like the browser canvas draws them."""
+    return [
+        Payload(body, label) for body, label in drawings(DRAWING_STYLE, count, data_dir=data_dir)
+    ]
+
+
+def latency_summary(latencies_ms: Sequence[float], seconds: float) -> dict[str, float]:
+    """Median, p90, p99 and max of the completed calls, and calls per second of `seconds`."""
+    values = np.asarray(latencies_ms, dtype=float) if len(latencies_ms) else np.asarray([np.nan])
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "median_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(values.max()),
+        "requests_per_s": len(latencies_ms) / seconds if seconds > 0 else 0.0,
+    }
 
 
 @dataclass
@@ -60,25 +88,16 @@ class LoadResult:
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(message)
 
-    def summary(self) -> dict[str, float | int | list[str]]:
-        """Percentiles, throughput, errors and the generator's own CPU cost per request."""
+    def summary(self) -> dict[str, Any]:
         done = len(self.latencies_ms)
-        total = done + self.errors
-        latencies = np.asarray(self.latencies_ms) if done else np.asarray([float("nan")])
-        duration = max(self.duration_s, 1e-9)
+        requests = done + self.errors
         return {
-            "requests": total,
+            "requests": requests,
             "errors": self.errors,
-            "median_ms": float(np.percentile(latencies, 50)),
-            "p95_ms": float(np.percentile(latencies, 95)),
-            "p99_ms": float(np.percentile(latencies, 99)),
-            "mean_ms": float(latencies.mean()),
-            "max_ms": float(latencies.max()),
-            "requests_per_s": done / duration,
-            "duration_s": self.duration_s,
+            **latency_summary(self.latencies_ms, self.duration_s),
             "accuracy": self.correct / done if done else 0.0,
-            "client_cpu_ms_per_request": 1000.0 * self.client_cpu_s / max(total, 1),
-            "client_cpu_utilisation": self.client_cpu_s / duration,
+            "client_cpu_ms_per_request": 1000.0 * self.client_cpu_s / max(requests, 1),
+            "client_cpu_share": self.client_cpu_s / self.duration_s if self.duration_s else 0.0,
             "error_samples": list(self.error_samples),
         }
 
@@ -88,23 +107,23 @@ Sender = Callable[[bytes], Awaitable[int]]
 
 def _cpu_seconds() -> float:
     """CPU time of this process, all threads (grpc's C-core threads included)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 async def _callers(
-    send: Sender, payloads: Sequence[Payload], spec: LoadSpec, count: int, result: LoadResult
+    send: Sender, payloads: Sequence[Payload], spec: LoadSpec, result: LoadResult, limit: int
 ) -> None:
-    """`spec.concurrency` callers sharing `count` requests and the deadline."""
-    order = itertools.cycle(range(len(payloads)))
+    """`spec.concurrency` callers sharing `limit` requests and a `spec.seconds` deadline."""
+    order = itertools.cycle(payloads)
+    deadline = time.perf_counter() + spec.seconds
     issued = 0
-    deadline = time.perf_counter() + spec.max_seconds
 
     async def caller() -> None:
         nonlocal issued
-        while issued < count and time.perf_counter() < deadline:
+        while issued < limit and time.perf_counter() < deadline:
             issued += 1
-            payload = payloads[next(order)]
+            payload = next(order)
             started = time.perf_counter()
             try:
                 digit = await send(payload.body)
@@ -118,22 +137,19 @@ async def _callers(
 
 
 async def _drive(
-    send: Sender, payloads: Sequence[Payload], spec: LoadSpec, on_start: Callable[[], None]
+    send: Sender, payloads: Sequence[Payload], spec: LoadSpec, on_start: Callable[[], None] | None
 ) -> LoadResult:
-    """Warm up every connection, call `on_start`, then measure until a bound is hit."""
+    """Open every connection with the warm-up requests, call `on_start`, then measure."""
     if spec.warmup_requests:
-        await _callers(send, payloads, spec, spec.warmup_requests, LoadResult())
-    on_start()
+        await _callers(send, payloads, spec, LoadResult(), spec.warmup_requests)
+    if on_start:
+        on_start()
     result = LoadResult()
     cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
-    await _callers(send, payloads, spec, spec.max_requests, result)
+    await _callers(send, payloads, spec, result, limit=10**9)
     result.duration_s = time.perf_counter() - wall_before
     result.client_cpu_s = _cpu_seconds() - cpu_before
     return result
-
-
-def _nothing() -> None:
-    """Default `on_start` hook."""
 
 
 def _digit_from(body: bytes) -> int:
@@ -148,12 +164,10 @@ async def run_rest(
     headers: dict[str, str],
     payloads: Sequence[Payload],
     spec: LoadSpec,
-    *,
-    keep_alive: bool = True,
-    on_start: Callable[[], None] = _nothing,
+    on_start: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """POST each PNG as the raw body to `url`; `keep_alive=False` opens a connection per call."""
-    connector = aiohttp.TCPConnector(limit=spec.concurrency, force_close=not keep_alive)
+    """POST each drawing as the raw request body to `url`."""
+    connector = aiohttp.TCPConnector(limit=spec.concurrency)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -176,29 +190,21 @@ async def run_grpc(
     metadata: Sequence[tuple[str, str]],
     payloads: Sequence[Payload],
     spec: LoadSpec,
-    *,
-    on_start: Callable[[], None] = _nothing,
+    on_start: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Unary `Predictions` calls, all multiplexed on one HTTP/2 connection.
+    """Unary `Predictions` calls, all multiplexed on one channel (one HTTP/2 connection).
 
-    One channel: interleaved A/B runs on 2026-11-24 (three rounds, 32 callers) gave 1,061-1,083
-    req/s with one connection against 945-1,034 with four, and less CPU per request on both
-    sides, since each connection's reads and writes then carry more calls.
+    One channel rather than one per caller: fewer, fuller reads and writes cost less CPU per
+    call on both sides (see docs/performance.md).
     """
-    import grpc
-
-    from serving.bench.grpc_api import inference_module
-
-    messages, services = inference_module()
     channel = grpc.aio.insecure_channel(target)
-    stub = services.InferenceAPIsServiceStub(channel)
-    call_metadata = tuple(metadata)
+    stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
 
     async def send(body: bytes) -> int:
-        request = messages.PredictionsRequest(model_name=model_name, input={"data": body})
+        request = inference_pb2.PredictionsRequest(model_name=model_name, input={"data": body})
         try:
             response = await stub.Predictions(
-                request, metadata=call_metadata, timeout=REQUEST_TIMEOUT_S
+                request, metadata=tuple(metadata), timeout=REQUEST_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as error:
             raise RequestFailedError(f"gRPC {error.code().name}: {error.details()}") from error

@@ -1,0 +1,155 @@
+"""The project's one place for configuration: environment variables and `.env`, read once.
+
+Every part (training, serving, the app, the benchmark) asks ``get_settings()``; nothing else
+reads ``os.environ`` for project settings. A variable set in the environment wins over `.env`;
+`.env.example` lists every variable with its default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
+
+
+def _env(name: str) -> Any:
+    """The environment variable a field is read from."""
+    return Field(validation_alias=AliasChoices(name))
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Resolved configuration; relative paths are taken from the project root."""
+
+    model_config = SettingsConfigDict(
+        env_file=DEFAULT_ENV_FILE, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    data_dir: Annotated[Path, _env("MNIST_DATA_DIR")] = Path("data")
+    model_store: Annotated[Path, _env("MODEL_STORE")] = Path("model_store")
+    results_dir: Annotated[Path, _env("RESULTS_DIR")] = Path("results")
+    log_dir: Annotated[Path, _env("LOG_LOCATION")] = Path("logs")
+    model_name: Annotated[str, _env("MODEL_NAME")] = "mnist"
+    inference_url: Annotated[str, _env("TS_INFERENCE_URL")] = "http://127.0.0.1:8080"
+    management_url: Annotated[str, _env("TS_MANAGEMENT_URL")] = "http://127.0.0.1:8081"
+    metrics_url: Annotated[str, _env("TS_METRICS_URL")] = "http://127.0.0.1:8082"
+    grpc_target: Annotated[str, _env("TS_GRPC_TARGET")] = "127.0.0.1:7070"
+    grpc_management_target: Annotated[str, _env("TS_GRPC_MANAGEMENT_TARGET")] = "127.0.0.1:7071"
+    key_file: Annotated[Path, _env("TS_KEY_FILE")] = Path("key_file.json")
+    request_timeout_s: Annotated[float, _env("TS_REQUEST_TIMEOUT"), Field(gt=0)] = 10.0
+    database_url_override: Annotated[str | None, _env("DATABASE_URL")] = None
+    postgres_host: Annotated[str | None, _env("POSTGRES_HOST")] = None
+    postgres_port: Annotated[int, _env("POSTGRES_PORT"), Field(gt=0, lt=65536)] = 5432
+    postgres_user: Annotated[str, _env("POSTGRES_USER")] = "postgres"
+    postgres_password: Annotated[SecretStr, _env("POSTGRES_PASSWORD")] = SecretStr("")
+    postgres_db: Annotated[str | None, _env("POSTGRES_DB")] = None
+    ui_host: Annotated[str, _env("UI_HOST")] = "127.0.0.1"
+    ui_port: Annotated[int, _env("UI_PORT"), Field(gt=0, lt=65536)] = 8000
+
+    reads_process_environment: ClassVar[bool] = True
+
+    @field_validator("data_dir", "model_store", "results_dir", "log_dir", "key_file")
+    @classmethod
+    def _from_project_root(cls, path: Path) -> Path:
+        return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @field_validator("inference_url", "management_url", "metrics_url")
+    @classmethod
+    def _without_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+    @property
+    def database_url(self) -> str:
+        """DATABASE_URL, else one built from the POSTGRES_* variables, else SQLite in data/."""
+        if self.database_url_override:
+            return self.database_url_override
+        if self.postgres_host or self.postgres_db:
+            user = quote(self.postgres_user, safe="")
+            password = self.postgres_password.get_secret_value()
+            auth = f"{user}:{quote(password, safe='')}" if password else user
+            host = self.postgres_host or "127.0.0.1"
+            database = self.postgres_db or "mnist"
+            return f"postgresql+psycopg2://{auth}@{host}:{self.postgres_port}/{database}"
+        return f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+    @property
+    def torchscript_path(self) -> Path:
+        """Where training exports the TorchScript model that the archive packs."""
+        return self.model_store / "mnist_cnn.pt"
+
+    @property
+    def mar_path(self) -> Path:
+        return self.model_store / f"{self.model_name}.mar"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if cls.reads_process_environment:
+            return init_settings, env_settings, dotenv_settings
+        return init_settings, dotenv_settings
+
+
+class _GivenEnvironment(Settings):
+    """Settings from an explicit mapping and `.env`, ignoring the process environment."""
+
+    reads_process_environment: ClassVar[bool] = False
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = DEFAULT_ENV_FILE
+) -> Settings:
+    """Settings from `.env` overlaid with the environment (or with `environ`, when given).
+
+    Raises `SettingsError` naming every variable whose value is unusable.
+    """
+    try:
+        if environ is None:
+            return Settings(_env_file=env_file)
+        names = _variable_names()
+        given = {name: value for name, value in environ.items() if name in names}
+        return _GivenEnvironment(_env_file=env_file, **given)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_variable_name(problem['loc'])}: {problem['msg']}" for problem in error.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def _variable_names() -> set[str]:
+    return {
+        choice
+        for field in Settings.model_fields.values()
+        if isinstance(field.validation_alias, AliasChoices)
+        for choice in field.validation_alias.choices
+        if isinstance(choice, str)
+    }
+
+
+def _variable_name(location: tuple[Any, ...]) -> str:
+    field = Settings.model_fields.get(str(location[0])) if location else None
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return ".".join(map(str, location))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

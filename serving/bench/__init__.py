@@ -1,1 +1,0 @@
-"""Pieces of `python -m serving.benchmark`: load generator, TorchServe variants, report."""
