@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak clean
 
 setup: $(SETUP_STAMP)
 
@@ -67,6 +67,15 @@ format: setup
 
 bench: setup
 	$(PY) -m benchmarks $(if $(QUICK),--quick,)
+
+# Accuracy per drawing style through TorchServe, for the trained model (results/accuracy.md).
+accuracy: setup
+	$(PY) -m benchmarks.accuracy
+
+# Steady load on a private TorchServe, watching memory, files, threads and logs for leaks
+# (10 minutes; SOAK_MINUTES=3 for a shorter run). Writes results/soak.json and soak.md.
+soak: setup
+	$(PY) -m benchmarks.soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES),)
 
 clean:
 	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache

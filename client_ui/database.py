@@ -1,10 +1,17 @@
-"""Engine and one session per unit of work, for PostgreSQL or the embedded SQLite file."""
+"""Engine and one session per unit of work, for PostgreSQL or the embedded SQLite file.
+
+Every call is bounded in time: a database that refuses, or one that accepts connections and
+never answers, is an outage the app notices within `timeout_s`, never a page or a save that
+waits for ever.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -13,18 +20,52 @@ from sqlmodel import Session, SQLModel
 
 from client_ui import models  # noqa: F401  (registers the table on SQLModel.metadata)
 
+T = TypeVar("T")
+
+#: libpq refuses connect timeouts under 2 s (it would round them up anyway).
+MIN_CONNECT_TIMEOUT_S = 2
+#: Threads that may wait on the database at once; calls beyond wait their turn, still bounded.
+DATABASE_THREADS = 16
+
+
+class DatabaseTimeoutError(Exception):
+    """The database did not answer within the time allowed."""
+
+
 #: Errors that mean "the database cannot be reached right now", as opposed to a bad statement.
-DATABASE_DOWN_ERRORS = (OperationalError, InterfaceError)
+DATABASE_DOWN_ERRORS = (OperationalError, InterfaceError, DatabaseTimeoutError)
+
+
+def normalise_url(url: str) -> str:
+    """`postgres://` and `postgresql://` mean psycopg2, the driver the project ships.
+
+    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
 
 
 class Database:
-    """Owns the engine; every caller works inside `session()`, which commits or rolls back."""
+    """Owns the engine; every caller works inside `session()`, which commits or rolls back.
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    `call()` runs a unit of work on the database's own threads and gives up after
+    `timeout_s`; a call left behind finishes (or fails) on its own once the database answers.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        self.url = normalise_url(url)
+        self.timeout_s = timeout_s
         self.engine: Engine = create_engine(
-            url, pool_pre_ping=True, connect_args=_connect_args(url)
+            self.url,
+            pool_pre_ping=True,
+            pool_timeout=timeout_s,
+            connect_args=_connect_args(self.url, timeout_s),
         )
+        self._threads = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="database")
 
     def create_tables(self) -> None:
         SQLModel.metadata.create_all(self.engine)
@@ -39,15 +80,50 @@ class Database:
                 session.rollback()
                 raise
 
+    def submit(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """Start `work(*args)` on a database thread."""
+        return self._threads.submit(work, *args)
+
+    def wait(self, future: Future[T]) -> T:
+        """The result of `future`, or DatabaseTimeoutError after `timeout_s`."""
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeoutError:
+            raise DatabaseTimeoutError(
+                f"the database did not answer within {self.timeout_s:g} s"
+            ) from None
+
+    def call(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one transaction, bounded by `timeout_s` (blocking)."""
+
+        def unit() -> T:
+            with self.session() as session:
+                return work(session)
+
+        return self.wait(self.submit(unit))
+
     def dispose(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
 
 
-def _connect_args(url: str) -> dict[str, Any]:
-    """Short connect timeout on PostgreSQL so an outage is noticed in seconds, not minutes."""
+def _connect_args(url: str, timeout_s: float) -> dict[str, Any]:
+    """Server-side and TCP limits, so a connection to a hung server fails instead of waiting."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        return {"check_same_thread": False}
+        return {"check_same_thread": False, "timeout": timeout_s}
     if backend == "postgresql":
-        return {"connect_timeout": 3}
+        milliseconds = int(timeout_s * 1000)
+        return {
+            "connect_timeout": max(MIN_CONNECT_TIMEOUT_S, round(timeout_s)),
+            "options": (
+                f"-c statement_timeout={milliseconds} "
+                f"-c idle_in_transaction_session_timeout={4 * milliseconds}"
+            ),
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(timeout_s)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": milliseconds,
+        }
     return {}

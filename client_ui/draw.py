@@ -11,6 +11,7 @@ from typing import Any
 from nicegui import run, ui
 
 from client_ui.canvas import DrawingCanvas, Snapshot
+from client_ui.confidence import ConfidencePanel
 from client_ui.images import data_url, model_view_png
 from client_ui.layout import page_frame, testid
 from client_ui.models import utc_now
@@ -18,7 +19,12 @@ from client_ui.outbox import PredictionDraft
 from client_ui.services import AppServices
 from client_ui.store import SaveOutcome
 from handler.preprocessing import InvalidInputError
-from serving.client import InputRejectedError, TorchServeError
+from serving.client import (
+    AuthorizationError,
+    InputRejectedError,
+    ServerUnavailableError,
+    TorchServeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ class DrawPage:
                     testid(self.model_view, "model-view")
             self.chart = testid(ui.echart(_chart_options([0.0] * 10)), "probabilities")
             self.chart.classes("w-[360px] h-48")
+            self.confidence = ConfidencePanel(self.services.model_client, self.confirm_label)
             ui.label("Click the digit you drew to confirm or correct it:").classes("text-sm")
             with ui.row().classes("gap-1"):
                 self.label_buttons = [
@@ -157,6 +164,7 @@ class DrawPage:
         draft = _draft_from_answer(self.drawing_key, answer, png, latency_ms)
         self.draft = draft
         self._show_answer(draft, answer)
+        self.confidence.show(answer, png)
         view = await self._model_view(png)
         if sequence == self.sequence:
             self.model_view.set_source(data_url(view) if view else "")
@@ -202,7 +210,7 @@ class DrawPage:
 
     def _show_server_down(self, error: Exception) -> None:
         log.warning("prediction failed: %s", error)
-        self.server_error.set_text(_shorten(str(error)))
+        self.server_error.set_text(_server_problem(error))
         self.server_banner.set_visibility(True)
         self.hint.set_text("No prediction: the model server is not reachable.")
 
@@ -238,6 +246,7 @@ class DrawPage:
         self.details.set_text("")
         self.save_status.set_text("")
         self.model_view.set_source("")
+        self.confidence.reset()
         self.chart.options.update(_chart_options([0.0] * 10))
         self.chart.update()
         self._highlight_label(None)
@@ -258,8 +267,13 @@ def _draft_from_answer(
     )
 
 
-def _shorten(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _server_problem(error: Exception) -> str:
+    """What went wrong, for the page; the error itself (with addresses) goes to the log."""
+    if isinstance(error, AuthorizationError):
+        return "It refused the app's access token."
+    if isinstance(error, ServerUnavailableError):
+        return "It is down or did not answer in time."
+    return "It answered with an error."
 
 
 def _chart_options(probabilities: list[float]) -> dict[str, Any]:

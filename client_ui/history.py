@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nicegui import run, ui
+from sqlmodel import Session
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
 from client_ui.images import data_url
-from client_ui.layout import page_frame, testid
+from client_ui.layout import CONNECT_TIMEOUT_S, page_frame, testid
 from client_ui.models import Prediction
 from client_ui.queries import Filters
 from client_ui.services import AppServices
@@ -25,6 +26,7 @@ def register(services: AppServices) -> None:
     @ui.page("/history")
     async def history_page() -> None:
         page = HistoryPage(services)
+        await ui.context.client.connected(CONNECT_TIMEOUT_S)  # sent first: the database may hang
         await page.load()
 
 
@@ -77,20 +79,21 @@ class HistoryPage:
         await self.load()
 
     async def load(self) -> None:
+        filters, page = self.filters, self.page
         try:
-            self.total, self.rows = await run.io_bound(self._fetch, self.filters, self.page)
+            self.total, self.rows = await run.io_bound(
+                self.services.database.call, lambda session: self._fetch(session, filters, page)
+            )
         except DATABASE_DOWN_ERRORS:
             self.error.set_text("The database is unreachable; try again in a moment.")
             return
         self.error.set_text("")
         self._render()
 
-    def _fetch(self, filters: Filters, page: int) -> tuple[int, list[Prediction]]:
-        with self.services.database.session() as session:
-            total = queries.count_predictions(session, filters)
-            rows = queries.list_predictions(
-                session, filters, offset=page * PAGE_SIZE, limit=PAGE_SIZE
-            )
+    @staticmethod
+    def _fetch(session: Session, filters: Filters, page: int) -> tuple[int, list[Prediction]]:
+        total = queries.count_predictions(session, filters)
+        rows = queries.list_predictions(session, filters, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
         return total, rows
 
     def _render(self) -> None:
@@ -131,24 +134,19 @@ class HistoryPage:
         await self._change(queries.delete_prediction, row_id)
 
     async def _change(self, change: Callable[..., object], *args: object) -> None:
-        def apply() -> None:
-            with self.services.database.session() as session:
-                change(session, *args)
-
         try:
-            await run.io_bound(apply)
+            await run.io_bound(self.services.database.call, lambda session: change(session, *args))
         except DATABASE_DOWN_ERRORS:
             ui.notify("The database is unreachable; nothing was changed.", type="negative")
             return
         await self.load()
 
     async def export(self) -> None:
-        def build() -> str:
-            with self.services.database.session() as session:
-                return queries.export_csv(session, self.filters)
-
+        filters = self.filters
         try:
-            text = await run.io_bound(build)
+            text = await run.io_bound(
+                self.services.database.call, lambda session: queries.export_csv(session, filters)
+            )
         except DATABASE_DOWN_ERRORS:
             ui.notify("The database is unreachable; try again in a moment.", type="negative")
             return

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from nicegui import ui
 
+#: How long a page that was sent waits for its browser to connect before it gives up (and is
+#: cleaned up): pages that wait on TorchServe or the database do so only once connected.
+CONNECT_TIMEOUT_S = 30.0
 PAGES = [("/", "Draw"), ("/history", "History"), ("/statistics", "Statistics")]
 
 

@@ -9,8 +9,9 @@ import logging
 from nicegui import app, run, ui
 
 from client_ui import draw, history, statistics
+from client_ui.security import AccessGuard
 from client_ui.services import AppServices
-from config import get_settings
+from config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,31 @@ def create_app(services: AppServices) -> None:
 
 
 def register_pages(services: AppServices) -> None:
+    app.on_page_exception(_error_page)
     draw.register(services)
     history.register(services)
     statistics.register(services)
+
+
+def _error_page() -> None:
+    """What a page that failed shows: no exception text, no trace (those go to the log)."""
+    ui.label("Something went wrong on our side.").classes("text-xl font-bold")
+    ui.label("Reload the page in a moment; the error has been logged.")
+    ui.link("Back to drawing", "/")
+
+
+def protect(settings: Settings) -> None:
+    """Host/Origin checks and the optional password on every request, socket.io included.
+
+    Raises `SystemExit` when the app would listen beyond this machine without a password.
+    """
+    password = settings.ui_password.get_secret_value()
+    if not settings.ui_on_loopback and not password:
+        raise SystemExit(
+            f"refusing to listen on {settings.ui_host}: set UI_PASSWORD (the login) to serve "
+            "the app beyond this machine, or UI_HOST=127.0.0.1"
+        )
+    app.add_middleware(AccessGuard, allowed_hosts=settings.ui_allowed_hosts, password=password)
 
 
 def register_lifecycle(services: AppServices) -> None:
@@ -65,6 +88,7 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    protect(settings)
     if settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     create_app(AppServices.from_settings(settings))

@@ -56,6 +56,25 @@ class Outbox:
     def remove(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def get(self, key: str) -> tuple[PendingEntry, str] | None:
+        """The pending entry of `key` and its file's text (for `remove_if_unchanged`)."""
+        try:
+            text = self._path(key).read_text()
+        except FileNotFoundError:
+            return None
+        return _decode(json.loads(text)), text
+
+    def remove_if_unchanged(self, key: str, text: str) -> bool:
+        """Remove the entry only if it still holds `text`: a newer state of it stays pending."""
+        path = self._path(key)
+        try:
+            if path.read_text() != text:
+                return False
+        except FileNotFoundError:
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
     def contains(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -63,7 +82,12 @@ class Outbox:
         """Oldest first, so the database receives drawings in the order they were made."""
         if not self.directory.is_dir():
             return []
-        entries = [_decode(json.loads(path.read_text())) for path in self.directory.glob("*.json")]
+        entries = []
+        for path in self.directory.glob("*.json"):
+            try:
+                entries.append(_decode(json.loads(path.read_text())))
+            except FileNotFoundError:  # delivered meanwhile
+                continue
         return sorted(entries, key=lambda entry: entry.draft.timestamp)
 
     def __len__(self) -> int:

@@ -17,6 +17,8 @@ class ModelClient(Protocol):
 
     def predict(self, image_bytes: bytes) -> dict[str, Any]: ...
 
+    def explain(self, image_bytes: bytes) -> dict[str, Any]: ...
+
     def health(self) -> dict[str, Any]: ...
 
     def model_info(self) -> dict[str, Any]: ...
@@ -24,14 +26,31 @@ class ModelClient(Protocol):
     def metrics(self) -> str: ...
 
 
+#: Seconds each status call to TorchServe may take: the status panel must not wait for a hung
+#: server as long as a prediction would.
+STATUS_TIMEOUT_S = 1.0
+
+
 @dataclass
 class AppServices:
     database: Database
     store: PredictionStore
     model_client: ModelClient
+    #: For the status panel; the model client when None.
+    status_client: ModelClient | None = None
+
+    @property
+    def status(self) -> ModelClient:
+        return self.status_client or self.model_client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppServices:
-        database = Database(settings.database_url)
+        database = Database(settings.database_url, timeout_s=settings.db_timeout_s)
         store = PredictionStore(database, Outbox(settings.data_dir / "outbox"))
-        return cls(database=database, store=store, model_client=TorchServeClient(settings))
+        status_timeout_s = min(STATUS_TIMEOUT_S, settings.request_timeout_s)
+        return cls(
+            database=database,
+            store=store,
+            model_client=TorchServeClient(settings),
+            status_client=TorchServeClient(settings, timeout_s=status_timeout_s, retries=0),
+        )

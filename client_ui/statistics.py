@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nicegui import run, ui
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
-from client_ui.layout import page_frame, testid
+from client_ui.layout import CONNECT_TIMEOUT_S, page_frame, testid
 from client_ui.queries import ROLLING_WINDOW, Statistics
 from client_ui.services import AppServices
 from client_ui.status import ServerStatus, fetch_status
@@ -22,26 +23,34 @@ def register(services: AppServices) -> None:
         page_frame("/statistics")
         with ui.column().classes("w-full max-w-6xl mx-auto p-4 gap-4"):
             status_panel = testid(ui.card().classes("w-full"), "status-panel")
+            with status_panel:
+                waiting = ui.label("Asking the model server…").classes("text-gray-500")
             content = ui.column().classes("w-full gap-4")
-        await _fill_status(status_panel, services)
-        await _fill_statistics(content, services)
+            with content:
+                loading = ui.label("Loading statistics…").classes("text-gray-500")
+        # The page is sent first and filled as the answers come: either side may hang.
+        await ui.context.client.connected(CONNECT_TIMEOUT_S)
+        await asyncio.gather(
+            _fill_status(status_panel, waiting, services),
+            _fill_statistics(content, loading, services),
+        )
 
 
-async def _fill_status(panel: ui.card, services: AppServices) -> None:
-    status = await run.io_bound(fetch_status, services.model_client)
+async def _fill_status(panel: ui.card, waiting: ui.label, services: AppServices) -> None:
+    status = await run.io_bound(fetch_status, services.status)
+    waiting.delete()
     with panel:
         _status_panel(status)
 
 
-async def _fill_statistics(content: ui.column, services: AppServices) -> None:
-    def compute() -> Statistics:
-        with services.database.session() as session:
-            return queries.compute_statistics(session)
-
+async def _fill_statistics(content: ui.column, loading: ui.label, services: AppServices) -> None:
+    try:
+        stats = await run.io_bound(services.database.call, queries.compute_statistics)
+    except DATABASE_DOWN_ERRORS:
+        stats = None
+    loading.delete()
     with content:
-        try:
-            stats = await run.io_bound(compute)
-        except DATABASE_DOWN_ERRORS:
+        if stats is None:
             ui.label("The database is unreachable; statistics will be back with it.").classes(
                 "text-red-700 font-bold"
             )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from client_ui.services import ModelClient
-from serving.client import metric_totals
+from serving.client import AuthorizationError, ServerUnavailableError, metric_totals
+
+log = logging.getLogger(__name__)
 
 #: (metric name, how to show it); summed over all label sets.
 SHOWN_METRICS = [
@@ -45,19 +48,29 @@ def fetch_status(client: ModelClient) -> ServerStatus:
         status.health_text = str(health.get("status", health))
         status.healthy = status.health_text.lower() == "healthy"
     except Exception as error:  # shown on the page, never raised
-        status.errors.append(f"health: {error}")
+        status.errors.append(_problem("health", error))
     try:
         info = client.model_info()
         status.model_version = str(info.get("version", info.get("modelVersion", "unknown")))
         status.workers = _describe_workers(info.get("workers"))
     except Exception as error:
-        status.errors.append(f"model info: {error}")
+        status.errors.append(_problem("model info", error))
     try:
         totals = metric_totals(client.metrics())
         status.figures = {title: totals[name] for name, title in SHOWN_METRICS if name in totals}
     except Exception as error:
-        status.errors.append(f"metrics: {error}")
+        status.errors.append(_problem("metrics", error))
     return status
+
+
+def _problem(what: str, error: Exception) -> str:
+    """For the page: which call failed and how, without the error's text (that is logged)."""
+    log.warning("status call %s failed: %s", what, error)
+    if isinstance(error, ServerUnavailableError):
+        return f"{what}: no answer (down or too slow)"
+    if isinstance(error, AuthorizationError):
+        return f"{what}: the access token was refused"
+    return f"{what}: unexpected answer"
 
 
 def _describe_workers(workers: Any) -> str:

@@ -1,9 +1,12 @@
-"""Saving drawings so that a database outage never loses one.
+"""Saving drawings so that a database outage, refused or hung, never loses one.
 
-Every save writes the drawing's latest state; when the database is unreachable the state goes
-to the outbox instead, and `flush()` (called periodically) moves it into the database later.
-A drawing whose row was deleted (on the History page) is not written again: a later label or
-stroke in a tab that still shows it must not bring the row back.
+Every save first writes the drawing's latest state to the outbox on disk, then delivers it to
+the database within the database's time limit; what is not delivered in time stays in the
+outbox, and `flush()` (called periodically) delivers it later. Writes of one drawing never
+overlap (one lock per drawing), so a write left behind by a hung database finishes before the
+drawing is written again: its row is updated, never inserted twice. Other drawings do not wait
+for it. A drawing whose row was deleted (on the History page) is not written again: a later
+label or stroke in a tab that still shows it must not bring the row back.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from enum import Enum
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS, Database
-from client_ui.outbox import Outbox, PendingEntry, PredictionDraft
+from client_ui.outbox import Outbox, PredictionDraft
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,15 @@ class PredictionStore:
         self.outbox = outbox
         self._row_ids: dict[str, int] = {}
         self._deleted: set[str] = set()
-        self._lock = threading.Lock()
+        # Guards the maps above and the outbox files; never held during a database call.
+        self._guard = threading.Lock()
+        self._drawing_locks: dict[str, threading.Lock] = {}
         self._schema_ready = False
 
     def ensure_schema(self) -> bool:
         """Create the tables once the database answers; False while it does not."""
         try:
-            self._create_tables_once()
+            self.database.wait(self.database.submit(self._create_tables_once))
         except DATABASE_DOWN_ERRORS as error:
             log.warning("database unreachable, tables not created yet: %s", _first_line(error))
             return False
@@ -53,43 +58,37 @@ class PredictionStore:
 
     def save(self, draft: PredictionDraft) -> SaveOutcome:
         """Write the drawing's row, or keep the draft in the outbox while the database is down."""
-        with self._lock:
+        with self._guard:
             if draft.key in self._deleted:
                 return SaveOutcome.DELETED
-            try:
-                self._write(draft, self._row_ids.get(draft.key))
-            except DATABASE_DOWN_ERRORS as error:
-                log.warning(
-                    "database unreachable, drawing %s kept in the outbox: %s",
-                    draft.key,
-                    _first_line(error),
-                )
-                self.outbox.put(draft, self._row_ids.get(draft.key))
-                return SaveOutcome.PENDING
-            except RowDeletedError:
-                self._forget(draft.key)
-                return SaveOutcome.DELETED
-            self.outbox.remove(draft.key)
-            return SaveOutcome.SAVED
+            self.outbox.put(draft, self._row_ids.get(draft.key))
+        try:
+            outcome = self._deliver(draft.key, wait_s=self.database.timeout_s)
+        except DATABASE_DOWN_ERRORS as error:
+            log.warning(
+                "database unreachable, drawing %s kept in the outbox: %s",
+                draft.key,
+                _first_line(error),
+            )
+            return SaveOutcome.PENDING
+        return SaveOutcome.PENDING if outcome is None else outcome
 
     def flush(self) -> int:
         """Move pending drafts into the database; returns how many were saved."""
         saved = 0
-        with self._lock:
-            for entry in self.outbox.entries():
-                try:
-                    self._write_pending(entry)
-                except DATABASE_DOWN_ERRORS as error:
-                    log.info("database still unreachable: %s", _first_line(error))
-                    break
-                except RowDeletedError:
-                    log.info(
-                        "drawing %s was deleted meanwhile; its pending change is dropped",
-                        entry.draft.key,
-                    )
-                    self._forget(entry.draft.key)
-                    continue
+        for entry in self.outbox.entries():
+            try:
+                outcome = self._deliver(entry.draft.key, wait_s=0)
+            except DATABASE_DOWN_ERRORS as error:
+                log.info("database still unreachable: %s", _first_line(error))
+                break
+            if outcome is SaveOutcome.SAVED:
                 saved += 1
+            elif outcome is SaveOutcome.DELETED:
+                log.info(
+                    "drawing %s was deleted meanwhile; its pending change is dropped",
+                    entry.draft.key,
+                )
         if saved:
             log.info("saved %d pending drawing(s) from the outbox", saved)
         return saved
@@ -106,26 +105,66 @@ class PredictionStore:
     def pending_count(self) -> int:
         return len(self.outbox)
 
+    def _deliver(self, key: str, wait_s: float) -> SaveOutcome | None:
+        """Write the outbox's state of `key`; None when an earlier write of it is still busy.
+
+        Raises one of DATABASE_DOWN_ERRORS when the database fails or does not answer in time;
+        the write then goes on alone and records its row once the database answers.
+        """
+        lock = self._lock_for(key)
+        if not lock.acquire(timeout=wait_s):
+            return None
+        try:
+            future = self.database.submit(self._deliver_locked, key, lock)
+        except BaseException:
+            lock.release()
+            raise
+        return self.database.wait(future)
+
+    def _deliver_locked(self, key: str, lock: threading.Lock) -> SaveOutcome:
+        """On a database thread, holding the drawing's lock, which it releases."""
+        try:
+            pending = self.outbox.get(key)
+            if pending is None:
+                return SaveOutcome.SAVED  # an earlier delivery took it
+            entry, text = pending
+            with self._guard:
+                if key in self._deleted:
+                    self.outbox.remove(key)
+                    return SaveOutcome.DELETED
+                row_id = self._row_ids.get(key, entry.row_id)
+            try:
+                row_id = self._write(entry.draft, row_id)
+            except RowDeletedError:
+                with self._guard:
+                    self._forget(key)
+                return SaveOutcome.DELETED
+            with self._guard:
+                self._row_ids[key] = row_id
+                self.outbox.remove_if_unchanged(key, text)
+            return SaveOutcome.SAVED
+        finally:
+            lock.release()
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._drawing_locks.setdefault(key, threading.Lock())
+
     def _create_tables_once(self) -> None:
         if not self._schema_ready:
             self.database.create_tables()
             self._schema_ready = True
 
-    def _write_pending(self, entry: PendingEntry) -> None:
-        key = entry.draft.key
-        self._write(entry.draft, self._row_ids.get(key, entry.row_id))
-        self.outbox.remove(key)
-
-    def _write(self, draft: PredictionDraft, row_id: int | None) -> None:
+    def _write(self, draft: PredictionDraft, row_id: int | None) -> int:
         """Insert the drawing's first row, then update that row; RowDeletedError once it is gone."""
         self._create_tables_once()
         values = draft.row_values()
         with self.database.session() as session:
             if row_id is None:
-                row_id = queries.insert_prediction(session, values)
-            elif not queries.update_prediction(session, row_id, values):
+                return queries.insert_prediction(session, values)
+            if not queries.update_prediction(session, row_id, values):
                 raise RowDeletedError(row_id)
-        self._row_ids[draft.key] = row_id
+        return row_id
 
     def _forget(self, key: str) -> None:
         self._deleted.add(key)

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _env(name: str) -> Any:
@@ -56,6 +58,13 @@ class Settings(BaseSettings):
     postgres_db: Annotated[str | None, _env("POSTGRES_DB")] = None
     ui_host: Annotated[str, _env("UI_HOST")] = "127.0.0.1"
     ui_port: Annotated[int, _env("UI_PORT"), Field(gt=0, lt=65536)] = 8000
+    db_timeout_s: Annotated[float, _env("DB_TIMEOUT"), Field(gt=0)] = 2.0
+    ui_allowed_hosts_override: Annotated[str | None, _env("UI_ALLOWED_HOSTS")] = None
+    ui_password: Annotated[SecretStr, _env("UI_PASSWORD")] = SecretStr("")
+    # When the Draw page calls the model unsure and offers its likeliest digits: the top
+    # probability below this, or the top two closer than the margin (docs/confidence.md).
+    ui_unsure_confidence: Annotated[float, _env("UI_UNSURE_CONFIDENCE"), Field(ge=0, le=1)] = 0.8
+    ui_unsure_margin: Annotated[float, _env("UI_UNSURE_MARGIN"), Field(ge=0, le=1)] = 0.5
 
     reads_process_environment: ClassVar[bool] = True
 
@@ -82,6 +91,26 @@ class Settings(BaseSettings):
             database = self.postgres_db or "mnist"
             return f"postgresql+psycopg2://{auth}@{host}:{self.postgres_port}/{database}"
         return f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+    @property
+    def ui_on_loopback(self) -> bool:
+        """True when the app listens only on this machine."""
+        return self.ui_host in LOOPBACK_HOSTS
+
+    @property
+    def ui_allowed_hosts(self) -> tuple[str, ...]:
+        """`Host` values (`name` or `name:port`) the app answers; Origins must name one too.
+
+        UI_ALLOWED_HOSTS (comma-separated) if set, else the loopback names with UI_PORT, plus
+        UI_HOST itself when it is a name or address other than a wildcard.
+        """
+        if self.ui_allowed_hosts_override:
+            names = self.ui_allowed_hosts_override.split(",")
+            return tuple(name.strip().lower() for name in names if name.strip())
+        names = ["127.0.0.1", "localhost", "[::1]"]
+        if self.ui_host not in (*LOOPBACK_HOSTS, *WILDCARD_HOSTS):
+            names.append(f"[{self.ui_host}]" if ":" in self.ui_host else self.ui_host)
+        return tuple(f"{name.lower()}:{self.ui_port}" for name in names)
 
     @property
     def torchscript_path(self) -> Path:

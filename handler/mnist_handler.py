@@ -21,6 +21,8 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.explain import DEFAULT_STEPS as EXPLAIN_STEPS
+from handler.explain import integrated_gradients
 from handler.preprocessing import (
     MAX_IMAGE_BYTES,
     InvalidInputError,
@@ -35,6 +37,12 @@ DEFAULT_TORCH_THREADS = 1
 # Base64 inflates by 4/3; anything longer than this cannot decode to an acceptable image.
 MAX_BASE64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 1024
 STATUS_FOR_REASON = {"too_large": 413}
+# What may precede a JSON body's first bracket: whitespace and a byte-order mark.
+JSON_LEADING = "\ufeff \t\r\n"
+# Enough of a body to see past a byte-order mark and some whitespace in UTF-32.
+JSON_SNIFF_BYTES = 64
+# Candidates in each answer's ``top``: the app offers two or three when the model is unsure.
+TOP_CANDIDATES = 3
 
 
 def choose_device(system_properties: dict[str, Any]) -> torch.device:
@@ -73,14 +81,24 @@ class MNISTHandler(BaseHandler):
         logger.info("MNIST model %s loaded on %s", self.model_version, self.device)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        """Answer every request of the batch, in order; bad inputs get their own 4xx."""
+        """Answer every request of the batch, in order; bad inputs get their own 4xx.
+
+        TorchServe marks each request to ``/explanations`` with the header ``explain: True``
+        and may batch them with predictions, so the flag is read per request (BaseHandler only
+        looks at the first): predictions get one forward pass, explanations their own.
+        """
         self.context = context
         prepared = self.preprocess(data)
         valid = [i for i, item in enumerate(prepared) if isinstance(item, torch.Tensor)]
+        explain = [i for i in valid if context.get_request_header(i, "explain") == "True"]
+        predict = [i for i in valid if i not in explain]
         answers: dict[int, dict[str, Any]] = {}
-        if valid:
-            probabilities = self.inference(torch.stack([prepared[i] for i in valid]))
-            answers = dict(zip(valid, self.postprocess(probabilities), strict=True))
+        if predict:
+            probabilities = self.inference(torch.stack([prepared[i] for i in predict]))
+            answers = dict(zip(predict, self.postprocess(probabilities), strict=True))
+        if explain:
+            batch = torch.stack([prepared[i] for i in explain])
+            answers.update(zip(explain, self.explain_handle(batch, data), strict=True))
         responses = []
         for index, item in enumerate(prepared):
             if isinstance(item, InvalidInputError):
@@ -88,7 +106,7 @@ class MNISTHandler(BaseHandler):
             else:
                 context.set_response_content_type(index, "application/json")
                 responses.append(answers[index])
-        self._record_batch(len(data), answers.values(), prepared)
+        self._record_batch(len(data), [answers[i] for i in predict], prepared)
         return responses
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor | InvalidInputError]:
@@ -100,22 +118,50 @@ class MNISTHandler(BaseHandler):
         return prepared
 
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One forward pass for the whole batch; returns Nx10 probabilities on the CPU."""
+        """One forward pass for the whole batch; returns Nx10 probabilities on the CPU.
+
+        A calibrated model file divides its logits by the fitted temperature itself
+        (``model.calibration.CalibratedNet``), so these probabilities are calibrated.
+        """
         with torch.inference_mode():
             logits = self.model(batch.to(self.device))
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def postprocess(self, probabilities: torch.Tensor) -> list[dict[str, Any]]:
-        """Nx10 probabilities -> the JSON answer of each request."""
-        confidences, digits = probabilities.max(dim=1)
+        """Nx10 probabilities -> the JSON answer of each request, with the likeliest digits
+        first in ``top`` so a client can offer them when the model is unsure."""
+        top = probabilities.topk(TOP_CANDIDATES, dim=1)
         return [
             {
-                "digit": int(digit),
-                "confidence": float(confidence),
+                "digit": int(digits[0]),
+                "confidence": float(values[0]),
                 "probabilities": row.tolist(),
+                "top": [
+                    {"digit": int(digit), "probability": float(value)}
+                    for digit, value in zip(digits, values, strict=True)
+                ],
                 "model_version": self.model_version,
             }
-            for digit, confidence, row in zip(digits, confidences, probabilities, strict=True)
+            for digits, values, row in zip(top.indices, top.values, probabilities, strict=True)
+        ]
+
+    def explain_handle(
+        self, data_preprocess: torch.Tensor, raw_data: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Nx1x28x28 inputs -> each one's integrated-gradients map for its predicted digit."""
+        explained = integrated_gradients(self.model, data_preprocess.to(self.device))
+        return [
+            {
+                "digit": item.digit,
+                "method": "integrated_gradients",
+                "baseline": "black",
+                "steps": EXPLAIN_STEPS,
+                "attributions": item.attributions.tolist(),
+                "logit": item.logit,
+                "baseline_logit": item.baseline_logit,
+                "model_version": self.model_version,
+            }
+            for item in explained
         ]
 
     def _prepare(self, request: dict[str, Any]) -> torch.Tensor | InvalidInputError:
@@ -158,10 +204,11 @@ def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor:
     payload = request.get("data")
     if payload is None:
         payload = request.get("body")
-    if isinstance(payload, bytes | bytearray) and payload.lstrip()[:1] in (b"{", b"["):
+    if isinstance(payload, bytes | bytearray) and _looks_like_json(bytes(payload)):
         payload = _parse_json(bytes(payload))
     elif isinstance(payload, str):
-        payload = _parse_json(payload) if payload.lstrip()[:1] in ("{", "[") else payload
+        text = payload.lstrip(JSON_LEADING)
+        payload = _parse_json(text) if text[:1] in ("{", "[") else payload
     if isinstance(payload, dict):
         return _tensor_from_json(payload)
     if isinstance(payload, str):
@@ -173,7 +220,19 @@ def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor:
     raise InvalidInputError("bad_json", 'expected a JSON object with "image" or "pixels"')
 
 
+def _looks_like_json(payload: bytes) -> bool:
+    """A JSON object or array in UTF-8 (with or without a byte-order mark), UTF-16 or UTF-32.
+
+    TorchServe hands such a body over undecoded when it cannot read it as plain UTF-8 itself;
+    the encoding is told from its first bytes as ``json.loads`` does for bytes, and only the
+    beginning is decoded here, so image bytes cost nothing.
+    """
+    head = payload[:JSON_SNIFF_BYTES].decode(json.detect_encoding(payload), errors="ignore")
+    return head.lstrip(JSON_LEADING)[:1] in ("{", "[")
+
+
 def _parse_json(text: str | bytes) -> Any:
+    """JSON from text, or from bytes in any encoding ``json.loads`` detects."""
     if len(text) > MAX_BASE64_CHARS + 1024:
         raise InvalidInputError("too_large", "the JSON body is larger than any valid input")
     try:
@@ -183,6 +242,10 @@ def _parse_json(text: str | bytes) -> Any:
 
 
 def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor:
+    if "pixels" in payload and "image" in payload:
+        raise InvalidInputError(
+            "bad_json", 'the body has both "image" and "pixels"; send one of them'
+        )
     if "pixels" in payload:
         return preprocess(pixels_to_array(payload["pixels"]))
     image = payload.get("image")

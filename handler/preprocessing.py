@@ -12,9 +12,11 @@ sends is brought to that form here, by the handler, the in-process predictor and
    side to 20 px with anti-aliasing, stretch the contrast, centre by mass in 28x28;
 5. normalise exactly like training: ``(uint8 / 255 - 0.1307) / 0.3081`` in float32.
 
-A 28x28 input is taken to be MNIST-formatted already: it keeps its geometry and grey levels and
-only gets steps 2-3 (so a white-on-black MNIST digit passes through unchanged, byte for byte,
-and a black-on-white one is inverted). Only larger or smaller inputs are cropped and rescaled.
+A 28x28 input whose ink is already MNIST-shaped (see `is_mnist_shaped`) keeps its geometry and
+grey levels and only gets steps 2-3, so a white-on-black MNIST digit passes through unchanged,
+byte for byte, and a black-on-white one is inverted. Every other input, 28x28 included (a canvas
+a client shrank to 28x28 itself, a digit filling the frame or sitting in a corner), gets the
+whole recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 try:
     import pyspng
@@ -43,6 +45,24 @@ MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 # PNG modes that libspng decodes to exactly Pillow's pixels (8-bit gray, RGB, RGBA).
 FAST_PNG_MODES = ("L", "RGB", "RGBA")
+
+# What every MNIST digit satisfies (all 70,000 checked, docs/drawings.md): the longer side of
+# the ink's bounding box is 19 or 20 px, the centre of mass lies within half a pixel of the
+# centre on each axis (the recipe shifts by whole pixels; 0.75 leaves a margin), and the
+# strongest ink is 254 or 255.
+MNIST_LONGER_SIDES = (19, 20)
+MAX_CENTRE_OFFSET = 0.75
+MIN_PEAK_INK = 254
+
+# MNIST's pen, in pixels of the 28x28 digit (`stroke_width`): the test set's median. A drawing
+# whose pen is outside PEN_WIDTH_RANGE (set around the test set's 5th to 95th percentiles,
+# docs/drawings.md) is brought to it, when the crop has MIN_PEN_SCALE pixels per MNIST pixel.
+MNIST_PEN_WIDTH = 2.2
+PEN_WIDTH_RANGE = (1.6, 3.0)
+MIN_PEN_SCALE = 3.0
+# The pen is changed at this resolution at most, and by at most MAX_PEN_CHANGE MNIST pixels.
+MAX_PEN_SCALE = 4.0
+MAX_PEN_CHANGE = 3.0
 
 # Ink weaker than this (0-255, after removing the background) counts as no drawing at all.
 MIN_INK_CONTRAST = 24
@@ -144,29 +164,58 @@ def _check_dimensions(width: int, height: int) -> None:
 
 
 def pixels_to_array(values: object) -> np.ndarray:
-    """JSON pixels (28x28 nested or 784 flat numbers, 0-255) -> a 28x28 uint8 image."""
-    if not isinstance(values, list | tuple | np.ndarray) or len(values) not in (28, 784):
-        raise InvalidInputError("bad_pixels", "pixels must be 784 numbers or 28 rows of 28")
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError("bad_pixels", "pixels must be numbers from 0 to 255") from error
-    if array.shape not in ((MNIST_SIZE * MNIST_SIZE,), (MNIST_SIZE, MNIST_SIZE)):
+    """JSON pixels (28x28 nested or 784 flat numbers, 0-255) -> a 28x28 uint8 image.
+
+    Only JSON numbers count: strings and booleans are refused rather than converted, since a
+    client sending them has a bug that a silently converted digit would hide.
+    """
+    flat = _flat_pixels(values)
+    if not all(type(value) in (int, float) and 0 <= value <= 255 for value in flat):
         raise InvalidInputError(
-            "bad_pixels",
-            f"pixels must be 784 numbers or 28 rows of 28; got shape {list(array.shape)}",
+            "bad_pixels", "pixels must be numbers from 0 to 255 (not strings or booleans)"
         )
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-        raise InvalidInputError("bad_pixels", "pixels must be numbers from 0 to 255")
+    array = np.array(flat, dtype=np.float64)
     return np.rint(array).astype(np.uint8).reshape(MNIST_SIZE, MNIST_SIZE)
+
+
+def _flat_pixels(values: object) -> list[object]:
+    """The 784 values of a flat list or of 28 lists of 28; any other shape is refused."""
+    side = MNIST_SIZE
+    if isinstance(values, list | tuple) and len(values) == side * side:
+        return list(values)
+    if (
+        isinstance(values, list | tuple)
+        and len(values) == side
+        and all(isinstance(row, list | tuple) and len(row) == side for row in values)
+    ):
+        return [value for row in values for value in row]
+    raise InvalidInputError("bad_pixels", "pixels must be 784 numbers or 28 rows of 28")
 
 
 def to_mnist_pixels(image: ImageInput) -> np.ndarray:
     """The 28x28 uint8 picture (white ink on black, MNIST geometry) that the model sees."""
     picture = _as_pil(image)
     if picture.size == (MNIST_SIZE, MNIST_SIZE):
-        return np.array(_ink(*_flattened_gray(picture, crop=False), noise_floor=False))
+        pixels = np.array(_ink(*_flattened_gray(picture, crop=False), noise_floor=False))
+        if is_mnist_shaped(pixels):
+            return pixels
     return _fit_like_mnist(_ink(*_flattened_gray(picture, crop=True), noise_floor=True))
+
+
+def is_mnist_shaped(pixels: np.ndarray) -> bool:
+    """True for 28x28 white-on-black ink laid out as MNIST lays out its digits: fitted into the
+    20x20 box, centred by mass, at full contrast (the bounds hold for every MNIST digit)."""
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    if rows.size == 0 or pixels.max() < MIN_PEAK_INK:
+        return False
+    longer = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    if longer not in MNIST_LONGER_SIDES:
+        return False
+    mass = pixels.astype(np.float64)
+    total = mass.sum()
+    index = np.arange(MNIST_SIZE)
+    row, col = mass.sum(axis=1) @ index / total, mass.sum(axis=0) @ index / total
+    return max(abs(row - CENTRE_OF_MASS), abs(col - CENTRE_OF_MASS)) <= MAX_CENTRE_OFFSET
 
 
 def _normalised_levels() -> np.ndarray:
@@ -286,11 +335,53 @@ def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.
 
 
 def _fit_like_mnist(ink: Image.Image) -> np.ndarray:
-    """Crop to the ink, scale into the 20x20 box, stretch contrast, centre by mass in 28x28."""
-    crop = ink.crop(ink.getbbox())
+    """Crop to the ink, bring the pen width to MNIST's, scale into the 20x20 box, stretch
+    contrast, centre by mass in 28x28."""
+    crop = _mnist_pen_width(ink.crop(ink.getbbox()))
     digit = _scale_into_box(crop)
     digit *= 255.0 / digit.max()
     return _centre_by_mass(digit)
+
+
+def stroke_width(ink: Image.Image) -> float:
+    """Mean pen width in pixels: twice the ink's area over its outline's length (for a stroke
+    of width w and length L, the area is w * L and the outline 2 * L)."""
+    pixels = np.asarray(ink)
+    # A zero margin, so ink touching the crop's edge has an outline there too.
+    mask = np.pad(pixels >= max(1, int(pixels.max()) // 2), 1)
+    inner = np.asarray(
+        Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3))
+    )
+    outline = np.count_nonzero(mask & (inner == 0))
+    return 2 * np.count_nonzero(mask) / max(outline, 1)
+
+
+def _mnist_pen_width(crop: Image.Image) -> Image.Image:
+    """Thin a much thicker pen, or widen a much thinner one, towards MNIST's typical width, as
+    it will be after scaling into the box; only where the crop is large enough to do it finely.
+
+    The crop is first reduced to MAX_PEN_SCALE pixels per MNIST pixel, which bounds the
+    filter's size and cost whatever the input's size.
+    """
+    scale = max(crop.size) / DIGIT_BOX
+    if scale < MIN_PEN_SCALE:
+        return crop
+    width = stroke_width(crop) / scale
+    if PEN_WIDTH_RANGE[0] <= width <= PEN_WIDTH_RANGE[1]:
+        return crop
+    if scale > MAX_PEN_SCALE:
+        ratio = MAX_PEN_SCALE / scale
+        size = (max(1, round(crop.width * ratio)), max(1, round(crop.height * ratio)))
+        crop, scale = crop.resize(size, Image.Resampling.BOX), MAX_PEN_SCALE
+    change = min(abs(width - MNIST_PEN_WIDTH), MAX_PEN_CHANGE)
+    size = 2 * round(change * scale / 2) + 1
+    if size < 3:
+        return crop
+    pen = ImageFilter.MinFilter(size) if width > MNIST_PEN_WIDTH else ImageFilter.MaxFilter(size)
+    margin = size // 2
+    changed = ImageOps.expand(crop, border=margin, fill=0).filter(pen)
+    box = changed.getbbox()
+    return crop if box is None else changed.crop(box)
 
 
 def _scale_into_box(crop: Image.Image) -> np.ndarray:

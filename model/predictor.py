@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from handler.explain import Attribution, integrated_gradients
 from handler.preprocessing import ImageInput, decode_image, preprocess
+from model.calibration import temperature_of
 from model.torchscript import load_torchscript
 
 
@@ -32,11 +34,16 @@ def predictions_from_logits(logits: torch.Tensor) -> list[Prediction]:
 
 
 class MNISTPredictor:
-    """Loads a TorchScript MNIST model once; predicts images, arrays, tensors or encoded bytes."""
+    """Loads a TorchScript MNIST model once; predicts images, arrays, tensors or encoded bytes.
+
+    The probabilities are the handler's: a calibrated model file applies its temperature
+    itself (``model.calibration.CalibratedNet``); ``temperature`` says which one it carries.
+    """
 
     def __init__(self, model_path: str | Path, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_torchscript(Path(model_path), self.device)
+        self.temperature = temperature_of(self.model)
 
     def predict(self, image: ImageInput | bytes) -> Prediction:
         """Classify one digit."""
@@ -49,6 +56,10 @@ class MNISTPredictor:
         batch = torch.stack([self._prepare(image) for image in images]).to(self.device)
         with torch.inference_mode():
             return predictions_from_logits(self.model(batch))
+
+    def explain(self, image: ImageInput | bytes) -> Attribution:
+        """The handler's explanation: integrated gradients for the predicted digit."""
+        return integrated_gradients(self.model, self._prepare(image)[None].to(self.device))[0]
 
     @staticmethod
     def _prepare(image: ImageInput | bytes) -> torch.Tensor:

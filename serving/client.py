@@ -5,8 +5,11 @@
 Tokens come from TorchServe's ``key_file.json``. When TorchServe refuses a token, the client
 first re-reads the key file (the server may have been restarted), then asks the management API
 for a fresh key with the API key, and retries once. Idempotent calls (health, model info,
-metrics) are retried on connection failures and 502-504; a prediction is retried only when the
-connection could not be opened, so a request is never run twice.
+metrics) are retried on connection failures and 502-504. A prediction is idempotent too (the
+same input gives the same answer and changes nothing on the server), so one that died with its
+worker ("Worker died.": REST 507 or 500, gRPC RESOURCE_EXHAUSTED or INTERNAL) is sent again, a
+few times with backoff, while TorchServe restarts the worker; other failures after sending are
+not retried, so an overloaded server is not asked twice.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,11 @@ from urllib3.util.retry import Retry
 from config import Settings, get_settings
 
 DEFAULT_RETRIES = 2
+# A worker restart takes seconds; the other workers answer meanwhile, so a few quick tries do.
+PREDICTION_RETRIES = 3
+PREDICTION_BACKOFF_S = 0.25
+# TorchServe's message for every request of a batch whose worker died (REST and gRPC alike).
+WORKER_DIED_MESSAGE = "Worker died."
 # TorchServe answers a missing, wrong or expired token with 400 and this exception type.
 TOKEN_ERROR_TYPE = "InvalidKeyException"
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -55,6 +64,10 @@ class TorchServeError(Exception):
 
 class ServerUnavailableError(TorchServeError):
     """TorchServe is down, too slow, or failed with a 5xx."""
+
+
+class WorkerDiedError(ServerUnavailableError):
+    """The worker running the request died, and it kept happening on every retry."""
 
 
 class InputRejectedError(TorchServeError):
@@ -160,6 +173,7 @@ class TorchServeClient:
         model_name: str | None = None,
         timeout_s: float | None = None,
         retries: int = DEFAULT_RETRIES,
+        prediction_retries: int = PREDICTION_RETRIES,
     ) -> None:
         settings = settings or get_settings()
         self.inference_url = (inference_url or settings.inference_url).rstrip("/")
@@ -172,6 +186,7 @@ class TorchServeClient:
             Path(key_file or settings.key_file), self.management_url, self.timeout_s
         )
         self.session = _session(retries)
+        self.prediction_retries = prediction_retries
         self._grpc_channel: Any = None
         self._grpc_stub: Any = None
         self._grpc_lock = threading.Lock()
@@ -184,9 +199,33 @@ class TorchServeClient:
                 f"the body is {len(image_bytes)} bytes; TorchServe accepts at most "
                 f"{MAX_REQUEST_BYTES}",
             )
+        attempt = 0
+        while True:
+            try:
+                return self._predict_once(image_bytes, use_grpc)
+            except WorkerDiedError:
+                if attempt >= self.prediction_retries:
+                    raise
+                time.sleep(PREDICTION_BACKOFF_S * 2**attempt)
+                attempt += 1
+
+    def _predict_once(self, image_bytes: bytes, use_grpc: bool) -> dict[str, Any]:
         if use_grpc:
             return self._with_token("inference", lambda key: self._grpc_predict(image_bytes, key))
         url = f"{self.inference_url}/predictions/{self.model_name}"
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._with_token(
+            "inference", lambda key: self._rest("POST", url, key, data=image_bytes, headers=headers)
+        )
+
+    def explain(self, image_bytes: bytes) -> dict[str, Any]:
+        """Why the model chose its digit: a 28x28 ``attributions`` map. REST only: the
+        project's gRPC contract has only Ping and Predictions. Never retried, like a prediction."""
+        if len(image_bytes) > MAX_REQUEST_BYTES:
+            raise InputRejectedError(
+                413, f"the body is {len(image_bytes)} bytes; the limit is {MAX_REQUEST_BYTES}"
+            )
+        url = f"{self.inference_url}/explanations/{self.model_name}"
         headers = {"Content-Type": "application/octet-stream"}
         return self._with_token(
             "inference", lambda key: self._rest("POST", url, key, data=image_bytes, headers=headers)
@@ -347,6 +386,8 @@ def _error_from_response(response: requests.Response) -> TorchServeError:
     message = str(body.get("message") or response.text.strip() or response.reason)
     if 400 <= response.status_code < 500:
         return InputRejectedError(response.status_code, message)
+    if response.status_code in (500, 507) and message.startswith(WORKER_DIED_MESSAGE):
+        return WorkerDiedError(f"TorchServe answered {response.status_code}: {message}")
     return ServerUnavailableError(f"TorchServe answered {response.status_code}: {message}")
 
 
@@ -368,6 +409,9 @@ def _error_from_grpc(error: Any) -> Exception:
     }
     if code in rejections:
         return InputRejectedError(rejections[code], message)
+    died = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+    if code in died and message.startswith(WORKER_DIED_MESSAGE):
+        return WorkerDiedError(f"gRPC {code.name}: {message}")
     return ServerUnavailableError(f"gRPC {code.name}: {message}")
 
 

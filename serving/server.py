@@ -251,12 +251,15 @@ def _terminate(frontend: psutil.Process) -> None:
 
 
 def log_tail(settings: Settings, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of this start's console output (TorchServe's log and the JVM's errors)."""
-    console = settings.log_dir / "torchserve.out"
-    if not console.is_file():
-        return f"(no output in {settings.log_dir})"
-    tail = console.read_text(errors="replace").splitlines()[-lines:]
-    return f"--- last lines of {console} ---\n" + "\n".join(tail)
+    """The last lines of this start's console output (start-up and the JVM's own errors) and of
+    ts_log.log, where log4j2.xml keeps TorchServe's warnings and errors."""
+    parts = []
+    for name in ("torchserve.out", "ts_log.log"):
+        path = settings.log_dir / name
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- last lines of {path} ---\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no output in {settings.log_dir})"
 
 
 def describe(settings: Settings) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from config import get_settings
 from model.torchscript import ExportMismatchError
-from training.data import MnistDataError
+from training.calibration import DEFAULT_DRAWINGS, DEFAULT_HOLDOUT, calibrate
+from training.data import TRAIN_COUNT, MnistDataError
 from training.train import TrainConfig, choose_device, run_test, run_training
 
 
@@ -54,6 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--test-samples", type=int, default=20, help="digits drawn in test_predictions.png"
     )
     parser.add_argument(
+        "--calibration-holdout",
+        type=int,
+        default=DEFAULT_HOLDOUT,
+        help="last N training images kept out of training to fit the temperature (0: none)",
+    )
+    parser.add_argument(
+        "--calibration-drawings",
+        type=int,
+        default=DEFAULT_DRAWINGS,
+        help="held-out and test digits redrawn like canvas drawings for calibration",
+    )
+    parser.add_argument(
         "--model-path", type=Path, default=settings.torchscript_path, help="TorchScript file"
     )
     parser.add_argument(
@@ -66,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "test_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.calibration_holdout < TRAIN_COUNT:
+        parser.error(f"--calibration-holdout must be in [0, {TRAIN_COUNT})")
+    if args.calibration_drawings < 1:
+        parser.error("--calibration-drawings must be at least 1")
     if args.learning_rate <= 0:
         parser.error("--learning-rate must be positive")
     if not 0 <= args.dropout < 1:
@@ -85,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 dropout=args.dropout,
                 seed=args.seed,
                 augment=not args.no_augment,
-                train_subset=args.train_subset,
+                # The held-out tail is what calibration fits on, so training never sees it.
+                train_subset=min(
+                    args.train_subset or TRAIN_COUNT, TRAIN_COUNT - args.calibration_holdout
+                ),
             )
             run_training(
                 config,
@@ -96,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                 args.test_samples,
                 plot_evaluation=args.mode == "train",
             )
+            if args.calibration_holdout:
+                calibrate(
+                    args.model_path,
+                    args.data_dir,
+                    args.results_dir,
+                    args.calibration_holdout,
+                    min(args.calibration_drawings, args.calibration_holdout),
+                )
         if args.mode in ("test", "both"):
             run_test(args.model_path, args.data_dir, args.results_dir, device, args.test_samples)
     except (MnistDataError, ExportMismatchError, FileNotFoundError) as error:

@@ -1,10 +1,12 @@
-"""Real MNIST test digits redrawn the way people draw them in a browser canvas or a paint program.
+"""Real MNIST test digits redrawn the way people draw them and the way clients send them.
 
-Each digit is enlarged, turned into a pen stroke (thin, normal or thick, anti-aliased edges) and
-put on a canvas in one of several styles: black ink on a transparent canvas (what a browser's
-``toDataURL`` gives), black on white, white on black, coloured ink, JPEG, larger and off-centre
-canvases. Handler tests, the serving tests (through the real server) and the benchmark share it,
-so "about as accurate as on MNIST" is measured on the same pictures everywhere.
+Each digit is enlarged, turned into a pen stroke (thin to very thick, anti-aliased edges),
+optionally slanted, and put on a canvas in one of several styles: black ink on a transparent
+canvas (what a browser's ``toDataURL`` gives), black on white, white on black, coloured ink,
+JPEG, off-centre, filling the frame, small in a corner. Many clients shrink the canvas to 28x28
+themselves before sending (without centring the digit): the ``sent_28*`` styles do that. Handler
+tests, the serving tests (through the real server) and the benchmark share these drawings, so
+"about as accurate as on MNIST" is measured on the same pictures everywhere.
 """
 
 from __future__ import annotations
@@ -26,15 +28,28 @@ INK_COLOURS = ((200, 30, 30), (30, 60, 200), (20, 130, 40), (120, 40, 160), (230
 
 @dataclass(frozen=True)
 class Style:
-    """How a digit is put on the canvas. `background=None` means transparent pixels."""
+    """How a digit is put on the canvas. `background=None` means transparent pixels.
+
+    `size` is the range of the digit's longer side as a share of the canvas's shorter side;
+    `placement` is "centre" (with a little jitter), "anywhere" or "corner"; `slant` is the
+    largest horizontal shear (x moves by slant * height); `sent_size`, when set, is the size
+    the client shrinks the whole canvas to before sending.
+    """
 
     canvas: tuple[int, int] = (280, 280)
     ink: tuple[int, int, int] | None = BLACK
     background: tuple[int, int, int] | None = None
     stroke: str = "normal"
-    off_centre: bool = False
+    size: tuple[float, float] = (0.55, 0.8)
+    placement: str = "centre"
+    slant: float = 0.0
+    sent_size: tuple[int, int] | None = None
     image_format: str = "PNG"
 
+
+SMALL = (0.25, 0.4)
+FILLING = (0.9, 1.0)
+SENT_28 = (28, 28)
 
 STYLES: dict[str, Style] = {
     "canvas_transparent": Style(),
@@ -42,13 +57,24 @@ STYLES: dict[str, Style] = {
     "white_on_black": Style(ink=WHITE, background=BLACK),
     "coloured_ink": Style(ink=None, background=WHITE),
     "jpeg": Style(canvas=(400, 300), background=WHITE, image_format="JPEG"),
-    "off_centre": Style(canvas=(400, 300), off_centre=True),
-    "thick_stroke": Style(stroke="thick"),
+    "off_centre": Style(canvas=(400, 300), size=SMALL, placement="anywhere"),
     "thin_stroke": Style(stroke="thin"),
+    "thick_stroke": Style(stroke="thick"),
+    "very_thick_stroke": Style(stroke="very_thick"),
+    "slanted": Style(slant=0.45),
+    "fills_frame": Style(size=FILLING),
+    "small_in_corner": Style(size=SMALL, placement="corner"),
+    "sent_28": Style(ink=WHITE, background=BLACK, sent_size=SENT_28),
+    "sent_28_dark_on_light": Style(background=WHITE, sent_size=SENT_28),
+    "sent_28_fills_frame": Style(ink=WHITE, background=BLACK, size=FILLING, sent_size=SENT_28),
+    "sent_28_small_in_corner": Style(
+        ink=WHITE, background=BLACK, size=SMALL, placement="corner", sent_size=SENT_28
+    ),
+    "sent_28_thick_stroke": Style(ink=WHITE, background=BLACK, stroke="thick", sent_size=SENT_28),
 }
 
 # Threshold on the enlarged soft digit that becomes the stroke's edge, and a dilation size.
-_STROKES = {"thin": (200, 0), "normal": (110, 0), "thick": (60, 9)}
+_STROKES = {"thin": (200, 0), "normal": (110, 0), "thick": (60, 9), "very_thick": (60, 17)}
 
 
 def load_mnist_test(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -58,19 +84,25 @@ def load_mnist_test(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarra
 
 
 def drawings(
-    style: str, count: int, *, data_dir: Path | None = None, seed: int = 0
+    style: str, count: int, *, data_dir: Path | None = None, seed: int = 0, every: int = 1
 ) -> list[tuple[bytes, int]]:
-    """(encoded image, true label) for the first `count` MNIST test digits drawn in `style`."""
+    """(encoded image, true label) for `count` MNIST test digits drawn in `style`: the first
+    ones, or with `every`, digits 0, every, 2 * every, ... spread over the test set."""
     images, labels = load_mnist_test(data_dir)
     rng = np.random.default_rng(seed)
-    return [(render_drawing(images[i], STYLES[style], rng), int(labels[i])) for i in range(count)]
+    chosen = range(0, count * every, every)
+    return [(render_drawing(images[i], STYLES[style], rng), int(labels[i])) for i in chosen]
 
 
 def render_drawing(digit: np.ndarray, style: Style, rng: np.random.Generator) -> bytes:
     """One 28x28 MNIST digit as an encoded canvas drawing in `style`."""
-    coverage = _place(_stroke(digit, style, rng), style, rng)
+    stroke = _slant(_stroke(digit, style, rng), style.slant, rng)
+    coverage = _place(stroke, style, rng)
     ink = style.ink or INK_COLOURS[rng.integers(len(INK_COLOURS))]
-    return _encode(_paint(coverage, ink, style.background), style.image_format)
+    picture = _paint(coverage, ink, style.background)
+    if style.sent_size is not None:
+        picture = picture.resize(style.sent_size, Image.Resampling.BILINEAR)
+    return _encode(picture, style.image_format)
 
 
 def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
@@ -78,27 +110,55 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
     rows = np.flatnonzero(digit.any(axis=1))
     cols = np.flatnonzero(digit.any(axis=0))
     crop = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    canvas_height = min(style.canvas)
-    share = rng.uniform(0.25, 0.4) if style.off_centre else rng.uniform(0.55, 0.8)
-    scale = share * canvas_height / max(crop.shape)
+    scale = rng.uniform(*style.size) * min(style.canvas) / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     soft = Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC)
     edge, dilation = _STROKES[style.stroke]
     if dilation:
         soft = soft.filter(ImageFilter.MaxFilter(dilation))
     coverage = np.clip((np.asarray(soft, dtype=np.float32) - edge) * 6 + 128, 0, 255)
-    return coverage.astype(np.uint8)
+    return _fit(coverage.astype(np.uint8), style.canvas)
+
+
+def _slant(stroke: np.ndarray, slant: float, rng: np.random.Generator) -> np.ndarray:
+    """Shear the stroke by a random amount up to `slant`, either way, on a wider canvas."""
+    if not slant:
+        return stroke
+    shear = rng.uniform(slant / 2, slant) * rng.choice((-1, 1))
+    height, width = stroke.shape
+    extra = int(np.ceil(abs(shear) * height))
+    # Output pixel (x, y) samples input (x + shear * (y - height / 2) - extra / 2, y).
+    matrix = (1, shear, -shear * height / 2 - extra / 2, 0, 1, 0)
+    image = Image.fromarray(stroke).transform(
+        (width + extra, height), Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR
+    )
+    return np.asarray(image)
+
+
+def _fit(stroke: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """Shrink a stroke that came out larger than the canvas (thick pens, filling the frame)."""
+    width, height = canvas
+    if stroke.shape[0] <= height and stroke.shape[1] <= width:
+        return stroke
+    scale = min(height / stroke.shape[0], width / stroke.shape[1])
+    size = (max(1, int(stroke.shape[1] * scale)), max(1, int(stroke.shape[0] * scale)))
+    return np.asarray(Image.fromarray(stroke).resize(size, Image.Resampling.BILINEAR))
 
 
 def _place(stroke: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
-    """Put the stroke on an empty canvas: near the centre, or anywhere it fits."""
+    """Put the stroke on an empty canvas: near the centre, anywhere it fits, or in a corner."""
+    stroke = _fit(stroke, style.canvas)
     width, height = style.canvas
     coverage = np.zeros((height, width), dtype=np.uint8)
     free_y, free_x = height - stroke.shape[0], width - stroke.shape[1]
-    if style.off_centre:
+    if style.placement == "anywhere":
         top, left = int(rng.integers(0, free_y + 1)), int(rng.integers(0, free_x + 1))
+    elif style.placement == "corner":
+        margin_y, margin_x = free_y // 8, free_x // 8
+        top = int(rng.integers(0, margin_y + 1)) + int(rng.integers(0, 2)) * (free_y - margin_y)
+        left = int(rng.integers(0, margin_x + 1)) + int(rng.integers(0, 2)) * (free_x - margin_x)
     else:
-        jitter = max(1, min(free_x, free_y) // 6)
+        jitter = min(free_x, free_y) // 6
         top = free_y // 2 + int(rng.integers(-jitter, jitter + 1))
         left = free_x // 2 + int(rng.integers(-jitter, jitter + 1))
     coverage[top : top + stroke.shape[0], left : left + stroke.shape[1]] = stroke

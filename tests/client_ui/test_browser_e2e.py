@@ -199,3 +199,45 @@ def test_draw_predict_label_and_find_the_row_in_postgres(
     time.sleep(1)  # let the charts finish drawing before the screenshot
     assert browser.save_screenshot(str(screenshots / "screenshot_statistics.png"))
     browser.set_window_size(1280, 820)
+
+
+#: Drawings a reader could hesitate over: a C (an open 0 or 6), an L (a 1 with a foot, or half
+#: a 4), an X (a crossed 8 or 4), a 1 with a hook. The test takes the first the model is unsure of.
+AMBIGUOUS: list[list[list[tuple[int, int]]]] = [
+    [[(50, -60), (0, -85), (-50, -40), (-50, 40), (0, 85), (50, 60)]],
+    [[(-40, -90), (-40, 80), (50, 80)]],
+    [[(-60, -80), (60, 80)], [(60, -80), (-60, 80)]],
+    [[(-40, -60), (10, -90), (5, 90)]],
+]
+
+
+def test_an_unsure_drawing_shows_candidates_and_why(
+    browser: WebDriver, app_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    screenshots = request.config.getoption("--screenshots") or tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(1280, 1100)
+    browser.get(app_url)
+    canvas = WebDriverWait(browser, 20).until(lambda d: by_testid(d, "canvas"))
+    seen = []
+    for strokes in AMBIGUOUS:
+        by_testid(browser, "clear-button").click()
+        wait_for_text(browser, "predicted-digit", lambda text: text == "–")
+        draw(browser, canvas, strokes)
+        shown = wait_for_text(browser, "predicted-digit", lambda text: text.isdigit())
+        seen.append((shown, by_testid(browser, "confidence").text))
+        if by_testid(browser, "unsure-panel").is_displayed():
+            break
+    else:
+        pytest.fail(f"the model was sure of every ambiguous drawing: {seen}")
+    candidates = browser.find_elements(By.CSS_SELECTOR, '[data-testid^="candidate-"]')
+    assert 2 <= len([c for c in candidates if c.is_displayed()]) <= 3
+    assert candidates[0].text.startswith(shown)
+
+    by_testid(browser, "why-button").click()
+    wait_for_text(browser, "why-caption", lambda text: text.startswith("Red pixels"))
+    overlay = by_testid(browser, "attribution-overlay").find_element(By.TAG_NAME, "img")
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    time.sleep(1)  # let the chart and the overlay finish drawing before the screenshot
+    assert browser.save_screenshot(str(screenshots / "screenshot_unsure.png"))
+    browser.set_window_size(1280, 820)

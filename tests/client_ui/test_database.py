@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from client_ui import queries
 from client_ui.database import Database
 from client_ui.models import Prediction
 from client_ui.queries import Filters
+from client_ui.services import AppServices
+from config import load_settings
 
 PNG = b"\x89PNG\r\n\x1a\nnot really"
 
@@ -165,3 +169,22 @@ def test_ids_come_from_a_serial_sequence(database: Database) -> None:
     ]
     if database.engine.dialect.name == "postgresql":
         assert "nextval" in str(id_column["default"])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_the_app_starts_on_a_plain_postgresql_url(
+    postgres_database: Database, scheme: str, tmp_path: Path
+) -> None:
+    """`postgresql://user@host/db`, as people write it, means the driver the project ships."""
+    plain = make_url(postgres_database.url).set(drivername=scheme)
+    url = plain.render_as_string(hide_password=False)
+    assert url.startswith(f"{scheme}://")
+    settings = load_settings({"DATABASE_URL": url, "MNIST_DATA_DIR": str(tmp_path)}, env_file=None)
+    services = AppServices.from_settings(settings)
+    try:
+        assert services.store.ensure_schema()
+        with services.database.session() as session:
+            assert queries.count_predictions(session) == 0
+    finally:
+        services.database.dispose()

@@ -6,12 +6,14 @@ import asyncio
 import csv
 import io
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nicegui import ui
 from nicegui.testing.user import User
+from nicegui.testing.user_simulation import user_simulation
 
 from client_ui import main, queries
 from client_ui.canvas import DrawingCanvas
@@ -20,9 +22,14 @@ from client_ui.draw import DELETED_TEXT, PENDING_TEXT
 from client_ui.images import data_url
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
-from client_ui.services import AppServices
+from client_ui.services import STATUS_TIMEOUT_S, AppServices
 from client_ui.store import PredictionStore, SaveOutcome
+from serving.client import TorchServeClient
 from tests.client_ui.conftest import FakeModelClient, digit_png
+
+# A change goes to the database on its threads and the page reloads after it: on a loaded
+# machine that takes longer than should_see's default three tries of 0.1 s.
+DATABASE_RETRIES = 30
 
 
 def stroke(user: User, png: bytes | None = None, strokes: int = 1) -> None:
@@ -227,14 +234,14 @@ async def test_history_filters_relabels_deletes_and_exports(
 
     relabel = user.find(marker="relabel-2").elements.pop()
     relabel.set_value(1)
-    await user.should_see("No drawings match.")
+    await user.should_see("No drawings match.", retries=DATABASE_RETRIES)
     with services.database.session() as session:
         assert queries.get_prediction(session, 2).true_label == 1  # type: ignore[union-attr]
 
     correctness.set_value("any")
-    await user.should_see("3 drawings")
+    await user.should_see("3 drawings", retries=DATABASE_RETRIES)
     user.find(marker="delete-3").click()
-    await user.should_see("2 drawings")
+    await user.should_see("2 drawings", retries=DATABASE_RETRIES)
 
     user.find(marker="export-csv").click()
     await user.download.next()
@@ -307,3 +314,42 @@ def draft_for_worker() -> PredictionDraft:
         model_version="1.0",
         latency_ms=4.0,
     )
+
+
+async def test_a_failing_page_shows_no_exception_text_or_trace(
+    services: AppServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with user_simulation() as simulated:
+        main.register_pages(services)
+
+        @ui.page("/fails")
+        def fails() -> None:
+            raise RuntimeError("internal detail: /srv/secret.conf line 3")
+
+        response = await simulated.http_client.get("/fails")
+    assert response.status_code == 500
+    assert "Something went wrong" in response.text
+    assert "internal detail" not in response.text and "RuntimeError" not in response.text
+    assert "internal detail" in caplog.text, "the error must reach the log"
+
+
+async def test_statistics_page_says_when_the_model_server_hangs(
+    user: User, services: AppServices, black_hole: str
+) -> None:
+    services.status_client = TorchServeClient(
+        inference_url=black_hole,
+        management_url=black_hole,
+        metrics_url=black_hole,
+        timeout_s=STATUS_TIMEOUT_S,
+        retries=0,
+    )
+    started = time.monotonic()
+    await user.open("/statistics")
+    await eventually(lambda: "no answer" in _texts(user), 3 * STATUS_TIMEOUT_S + 2)
+    print(f"\nTorchServe hung: /statistics said so after {time.monotonic() - started:.2f} s")
+    await user.should_see("unreachable", marker="ts-health")
+    await user.should_see("Drawings")
+
+
+def _texts(user: User) -> str:
+    return " ".join(str(getattr(element, "text", "")) for element in user.find(ui.label).elements)

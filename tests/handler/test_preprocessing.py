@@ -9,16 +9,19 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
 from handler import preprocessing
 from handler.preprocessing import (
     MAX_IMAGE_BYTES,
+    PEN_WIDTH_RANGE,
     InvalidInputError,
     decode_image,
+    is_mnist_shaped,
     normalise,
     pixels_to_array,
     preprocess,
+    stroke_width,
     to_mnist_pixels,
 )
 from training.drawings import STYLES, drawings
@@ -93,7 +96,7 @@ def test_off_centre_ink_is_moved_to_the_centre() -> None:
     canvas = Image.new("L", (400, 300), 255)
     canvas.paste(0, (20, 30, 60, 130))  # a dark bar near the top-left corner
     pixels = to_mnist_pixels(decode_image(encode(canvas)))
-    assert ink_box(pixels) == (20, 8)
+    assert ink_box(pixels) == (20, 6)  # 8 px wide once fitted, thinned towards MNIST's pen
     row, col = centre_of_mass(pixels)
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
 
@@ -102,8 +105,8 @@ def test_coloured_ink_on_transparent_pixels_is_read_through_alpha() -> None:
     canvas = np.zeros((200, 200, 4), dtype=np.uint8)
     canvas[40:160, 88:112] = (30, 60, 200, 255)  # blue bar; the rest is transparent black
     pixels = to_mnist_pixels(decode_image(encode(Image.fromarray(canvas))))
-    assert ink_box(pixels) == (20, 4)
-    assert pixels[4:24, 12:16].min() > 200
+    assert ink_box(pixels) == (20, 3)  # 4 px wide once fitted, a little over MNIST's pen
+    assert pixels[4:24, 13:16].min() > 200
 
 
 def test_light_ink_on_transparent_pixels_is_not_lost() -> None:
@@ -120,6 +123,76 @@ def test_jpeg_noise_does_not_widen_the_crop() -> None:
 
 
 # --- 28x28 input: the exact MNIST round trip ------------------------------------------------
+
+
+def test_every_mnist_test_digit_passes_through_unchanged(mnist_test) -> None:
+    images, _ = mnist_test
+    unchanged = [np.array_equal(to_mnist_pixels(digit), digit) for digit in images]
+    assert all(unchanged), f"{unchanged.count(False)} MNIST digits were altered"
+
+
+@pytest.mark.parametrize(
+    ("name", "place"),
+    [
+        ("fills the frame", lambda digit: resized(digit, (28, 28))),
+        ("small in a corner", lambda digit: pasted(resized(digit, (9, 9)), 1, 2)),
+        ("off-centre", lambda digit: pasted(resized(digit, (18, 18)), 0, 9)),
+        ("dark on light", lambda digit: 255 - pasted(resized(digit, (22, 22)), 3, 1)),
+    ],
+)
+def test_a_28x28_digit_not_in_mnist_form_gets_the_whole_recipe(
+    mnist_test, name: str, place
+) -> None:
+    """A canvas a client shrank to 28x28 is cropped, fitted into 20x20 and centred by mass,
+    whether it comes as an image or as JSON pixels."""
+    images, _ = mnist_test
+    for digit in images[:20]:
+        sent = place(crop_to_ink(digit))
+        for pixels in (to_mnist_pixels(sent), to_mnist_pixels(pixels_to_array(sent.tolist()))):
+            assert is_mnist_shaped(pixels), name
+            assert max(ink_box(pixels)) in (19, 20)
+
+
+def test_a_28x28_digit_already_in_mnist_form_is_recognised(mnist_test) -> None:
+    images, _ = mnist_test
+    assert all(is_mnist_shaped(digit) for digit in images[:500])
+    shifted = np.roll(images[0], 2, axis=1)
+    assert not is_mnist_shaped(shifted)  # centre of mass two pixels off
+    assert not is_mnist_shaped(images[0] // 2)  # faint ink
+    assert not is_mnist_shaped(np.zeros((28, 28), np.uint8))
+
+
+def test_stroke_width_counts_the_outline_at_the_crops_edge() -> None:
+    """A bar that fills its crop has the width of its shorter side, not an endless one."""
+    bar = Image.new("L", (20, 200), 255)
+    assert 18 <= stroke_width(bar) <= 20
+
+
+@pytest.mark.parametrize("pen", [3, 60, 900])
+def test_any_pen_on_a_large_canvas_becomes_mnists_pen(pen: int) -> None:
+    """Very thin and very thick pens are brought to MNIST's typical width, however large the
+    canvas (the pen change works on a reduced crop, so its cost is bounded too)."""
+    canvas = Image.new("L", (4000, 4000), 0)
+    ImageDraw.Draw(canvas).line([(2000, 200), (2000, 3800)], fill=255, width=pen)
+    canvas = canvas.rotate(20, resample=Image.Resampling.BILINEAR)
+    pixels = to_mnist_pixels(canvas)
+    assert is_mnist_shaped(pixels)
+    assert PEN_WIDTH_RANGE[0] - 0.5 <= stroke_width(Image.fromarray(pixels)) <= 5.5
+
+
+def crop_to_ink(digit: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def resized(digit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(digit).resize(size, Image.Resampling.BILINEAR))
+
+
+def pasted(digit: np.ndarray, top: int, left: int) -> np.ndarray:
+    field = np.zeros((28, 28), dtype=np.uint8)
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return field
 
 
 def test_mnist_digits_round_trip_exactly_as_training_sees_them(mnist_test) -> None:

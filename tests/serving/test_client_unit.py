@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
 
 from serving.client import (
@@ -19,7 +20,9 @@ from serving.client import (
     InputRejectedError,
     ServerUnavailableError,
     TorchServeClient,
+    WorkerDiedError,
 )
+from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from serving.server import free_ports
 
 TOKEN_REFUSAL = {
@@ -216,3 +219,97 @@ def test_a_burst_of_refused_requests_asks_for_one_new_key(fake: FakeTorchServe) 
         answers = list(pool.map(lambda _: client.health(), range(16)))
     assert answers == [{"status": "Healthy"}] * 16
     assert [path for _, path, _ in fake.seen].count("/token?type=inference") == 1
+
+
+def test_explain_posts_to_the_explanations_api_with_the_inference_token(
+    fake: FakeTorchServe,
+) -> None:
+    answer = {"digit": 3, "attributions": [[0.0] * 28] * 28}
+    fake.answers[("POST", "/explanations/mnist")] = [(200, answer)]
+    assert client_for(fake).explain(b"png") == answer
+    assert fake.seen == [("POST", "/explanations/mnist", "Bearer i1")]
+
+
+def test_explain_is_not_retried_and_refuses_an_oversized_body(fake: FakeTorchServe) -> None:
+    fake.answers[("POST", "/explanations/mnist")] = [(503, {"message": "busy"})]
+    with pytest.raises(ServerUnavailableError):
+        client_for(fake).explain(b"png")
+    assert len(fake.seen) == 1
+    with pytest.raises(InputRejectedError) as caught:
+        client_for(fake).explain(bytes(MAX_REQUEST_BYTES + 1))
+    assert caught.value.status == 413
+    assert len(fake.seen) == 1
+
+
+# --- a prediction that died with its worker --------------------------------------------------
+
+WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+
+
+@pytest.mark.parametrize("status", [507, 500])
+def test_a_prediction_that_died_with_its_worker_is_sent_again(
+    fake: FakeTorchServe, status: int
+) -> None:
+    answer = {"digit": 3, "confidence": 0.9, "probabilities": [0.1] * 10, "model_version": "1"}
+    died = (status, {**WORKER_DIED, "code": status})
+    fake.answers[("POST", "/predictions/mnist")] = [died, died, (200, answer)]
+    assert client_for(fake).predict(b"png") == answer
+    assert len(fake.seen) == 3
+
+
+def test_a_worker_that_keeps_dying_ends_in_worker_died_after_bounded_retries(
+    fake: FakeTorchServe,
+) -> None:
+    fake.answers[("POST", "/predictions/mnist")] = [(507, WORKER_DIED)]
+    with pytest.raises(WorkerDiedError, match="Worker died"):
+        client_for(fake, prediction_retries=2).predict(b"png")
+    assert len(fake.seen) == 3
+    assert issubclass(WorkerDiedError, ServerUnavailableError)
+
+
+def test_another_500_is_not_retried(fake: FakeTorchServe) -> None:
+    fake.answers[("POST", "/predictions/mnist")] = [(500, {"message": "boom"}), (200, {})]
+    with pytest.raises(ServerUnavailableError) as caught:
+        client_for(fake).predict(b"png")
+    assert not isinstance(caught.value, WorkerDiedError)
+    assert len(fake.seen) == 1
+
+
+class DyingWorkerServicer(inference_pb2_grpc.InferenceAPIsServiceServicer):
+    """gRPC like TorchServe when the worker dies: the status, then answers again."""
+
+    def __init__(self, failures: list[grpc.StatusCode]) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def Predictions(self, request: object, context: grpc.ServicerContext) -> object:
+        self.calls += 1
+        if self.failures:
+            code = self.failures.pop(0)
+            context.abort(code, "Worker died.\norg.pytorch.serve.http.InternalServerException")
+        return inference_pb2.PredictionResponse(prediction=json.dumps({"digit": 4}).encode())
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [grpc.StatusCode.RESOURCE_EXHAUSTED],
+        [grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED],
+    ],
+    ids=["killed", "died-twice"],
+)
+def test_a_grpc_prediction_that_died_with_its_worker_is_sent_again(
+    fake: FakeTorchServe, failures: list[grpc.StatusCode]
+) -> None:
+    servicer = DyingWorkerServicer(list(failures))
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = client_for(fake, grpc_target=f"127.0.0.1:{port}")
+        assert client.predict(b"png", use_grpc=True) == {"digit": 4}
+        client.close()
+    finally:
+        server.stop(grace=None)
+    assert servicer.calls == len(failures) + 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.calibration import temperature_of
 from model.net import MnistNet
 from model.torchscript import state_dict_path
 from training.__main__ import main as training_main
@@ -46,7 +47,7 @@ def test_tiny_run_in_both_modes_writes_model_history_and_plots(
         "training", "--mode", "both", "--epochs", "2", "--batch-size", "64",
         "--train-subset", "2000", "--test-samples", "8", "--seed", "3", "--no-cuda",
         "--data-dir", str(mnist_dir), "--model-path", str(model_path),
-        "--results-dir", str(results),
+        "--results-dir", str(results), "--calibration-drawings", "20",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout
@@ -67,7 +68,11 @@ def test_tiny_run_in_both_modes_writes_model_history_and_plots(
     checkpoint.load_state_dict(torch.load(state_dict_path(model_path), weights_only=True))
     scripted = torch.jit.load(str(model_path))
     batch = torch.randn(4, 1, 28, 28)
-    assert torch.allclose(scripted(batch), checkpoint.eval()(batch), atol=1e-5)
+    # The exported model is the checkpoint calibrated with the temperature fitted after training.
+    temperature = json.loads((results / "calibration.json").read_text())["temperature"]
+    assert temperature_of(scripted) == pytest.approx(temperature)
+    expected = checkpoint.eval()(batch) / temperature
+    assert torch.allclose(scripted(batch), expected, atol=1e-5)
 
 
 @pytest.mark.slow

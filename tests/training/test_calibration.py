@@ -1,0 +1,124 @@
+"""Temperature scaling: fitting, the reliability figures, and the model file that carries T."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.calibration import CalibratedNet, temperature_of
+from model.net import MnistNet
+from model.predictor import MNISTPredictor
+from model.torchscript import export_torchscript, load_torchscript, save_checkpoint
+from training.calibration import (
+    CALIBRATION_FILE,
+    RELIABILITY_PLOT,
+    calibrate,
+    fit_temperature,
+    reliability,
+    unsure_rules,
+)
+
+
+def synthetic(temperature: float, count: int = 20_000, seed: int = 0):
+    """Logits whose labels are drawn from softmax(logits / temperature): T is the truth."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(count, 10, generator=generator) * 4
+    labels = torch.multinomial((logits / temperature).softmax(dim=1), 1, generator=generator)
+    return logits, labels.squeeze(1)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5])
+def test_fit_recovers_a_known_temperature(true_temperature: float) -> None:
+    logits, labels = synthetic(true_temperature)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_fitting_lowers_the_calibration_error_of_an_overconfident_model() -> None:
+    logits, labels = synthetic(2.5)
+    temperature = fit_temperature(logits, labels)
+    before = reliability(logits.softmax(dim=1), labels)
+    after = reliability((logits / temperature).softmax(dim=1), labels)
+    assert before.mean_confidence > before.accuracy + 0.05  # overconfident before
+    assert after.ece < before.ece / 3
+    assert after.nll < before.nll
+    assert after.accuracy == before.accuracy  # T never changes the digit
+
+
+def test_reliability_bands_by_hand() -> None:
+    probabilities = torch.tensor([
+        [0.97, 0.03] + [0.0] * 8,  # right, band 0.95-0.99
+        [0.96, 0.04] + [0.0] * 8,  # wrong, band 0.95-0.99
+        [0.55, 0.45] + [0.0] * 8,  # right, band 0.5-0.6
+        [0.35, 0.25] + [0.05] * 8,  # right, band 0.3-0.4
+    ])  # fmt: skip
+    labels = torch.tensor([0, 1, 0, 0])
+    result = reliability(probabilities, labels, edges=(0.0, 0.3, 0.4, 0.5, 0.6, 0.95, 0.99, 1.0))
+    counts = [band.count for band in result.bands]
+    assert counts == [0, 1, 0, 1, 0, 2, 0]
+    top = result.bands[5]
+    assert (top.accuracy, top.mean_confidence) == (0.5, pytest.approx(0.965))
+    expected_ece = (1 * 0.65 + 1 * 0.45 + 2 * 0.465) / 4
+    assert result.ece == pytest.approx(expected_ece)
+    assert result.accuracy == 0.75
+
+
+def test_unsure_rules_count_what_they_flag() -> None:
+    probabilities = torch.tensor([
+        [0.9, 0.05, 0.05] + [0.0] * 7,  # sure and right
+        [0.45, 0.4, 0.15] + [0.0] * 7,  # unsure, wrong, truth second
+        [0.7, 0.1, 0.2] + [0.0] * 7,  # sure by margin only
+    ])  # fmt: skip
+    labels = torch.tensor([0, 1, 0])
+    rules = {
+        (r["confidence_below"], r["margin_below"]): r for r in unsure_rules(probabilities, labels)
+    }
+    rule = rules[(0.6, 0.3)]
+    assert rule["unsure_share"] == pytest.approx(1 / 3)
+    assert rule["unsure_accuracy"] == 0.0
+    assert rule["unsure_top3_accuracy"] == 1.0
+    assert rule["sure_accuracy"] == 1.0
+    assert rule["mistakes_caught"] == 1.0
+    assert rules[(0.8, 0.3)]["unsure_share"] == pytest.approx(2 / 3)
+
+
+def test_the_model_file_carries_the_temperature(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = MnistNet().eval()
+    path = export_torchscript(CalibratedNet(net, 2.0), tmp_path / "m.pt", torch.zeros(2, 1, 28, 28))
+    scripted = load_torchscript(path)
+    assert temperature_of(scripted) == 2.0
+    inputs = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(scripted(inputs), net(inputs) / 2.0, atol=1e-6)
+    predictor = MNISTPredictor(path, device="cpu")
+    assert predictor.temperature == 2.0
+    assert temperature_of(MnistNet()) == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        CalibratedNet(net, 0.0)
+
+
+def test_calibrate_fits_on_held_out_digits_and_re_exports_the_model(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    net = MnistNet().eval()
+    model_path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(net, model_path)
+    export_torchscript(net, model_path, torch.zeros(2, 1, 28, 28))
+
+    report = calibrate(model_path, mnist_dir, tmp_path / "results", holdout=300, drawings=20)
+
+    temperature = report["temperature"]
+    assert temperature > 0 and temperature != 1.0
+    assert temperature_of(load_torchscript(model_path)) == pytest.approx(temperature)
+    written = json.loads((tmp_path / "results" / CALIBRATION_FILE).read_text())
+    assert written["temperature"] == temperature
+    assert written["fitted_on"] == {"held_out_mnist_training_digits": 300, "of_them_redrawn": 20}
+    drawings = written["evaluations"]["test_drawings"]
+    assert drawings["after"]["count"] == 20
+    assert written["evaluations"]["mnist_test"]["after"]["count"] == 10_000
+    assert written["unsure_rules"]
+    assert (tmp_path / "results" / RELIABILITY_PLOT).stat().st_size > 0
