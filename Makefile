@@ -53,9 +53,9 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Under a minute: no training, no TorchServe, no browser (an untrained model where accuracy is
-# not what a test checks).
+# not what a test checks), on two processes since much of it waits on NiceGUI's event loop.
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser" -n 2 $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -54,7 +54,7 @@ class Instance:
         return {"frontend": _cpu_seconds(self.frontend), "worker": workers}
 
     def batch_counts(self) -> dict[int, float]:
-        """Batches the handler has run so far, per batch size (its HandlerBatches counter)."""
+        """Batches the handler has run so far, per batch size (mnist_handler_batches_total)."""
         try:
             text = requests.get(f"{self.settings.metrics_url}/metrics", timeout=2).text
         except requests.RequestException:
@@ -84,14 +84,15 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 
 def batch_counts(prometheus_text: str) -> dict[int, float]:
-    """HandlerBatches per BatchSize label, summed over workers, from Prometheus text."""
+    """mnist_handler_batches_total per batch_size label, summed over workers, from Prometheus
+    text (prometheus_client names a counter's family without its _total)."""
     counts: dict[int, float] = {}
     for family in text_string_to_metric_families(prometheus_text):
-        if family.name != "HandlerBatches":
+        if family.name != "mnist_handler_batches":
             continue
         for sample in family.samples:
-            if "BatchSize" in sample.labels and not sample.name.endswith("_created"):
-                size = int(sample.labels["BatchSize"])
+            if "batch_size" in sample.labels and sample.name.endswith("_total"):
+                size = int(sample.labels["batch_size"])
                 counts[size] = counts.get(size, 0.0) + sample.value
     return counts
 

@@ -102,6 +102,14 @@ class Database:
 
         return self.wait(self.submit(unit))
 
+    def ping(self) -> bool:
+        """True when the database answers a trivial query within `timeout_s`."""
+        try:
+            self.call(lambda session: session.connection().exec_driver_sql("SELECT 1"))
+        except DATABASE_DOWN_ERRORS:
+            return False
+        return True
+
     def dispose(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()

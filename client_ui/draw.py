@@ -10,6 +10,7 @@ from typing import Any
 
 from nicegui import run, ui
 
+from client_ui import metrics
 from client_ui.canvas import DrawingCanvas, Snapshot
 from client_ui.confidence import ConfidencePanel
 from client_ui.images import data_url, model_view_png
@@ -149,14 +150,18 @@ class DrawPage:
         try:
             answer = await run.io_bound(self.services.model_client.predict, png)
         except InputRejectedError as error:
+            metrics.TORCHSERVE_ERRORS.labels(metrics.error_kind(error)).inc()
             if sequence == self.sequence:
                 self.hint.set_text(f"The model server refused this drawing: {error.message}")
             return
         except TorchServeError as error:
+            metrics.TORCHSERVE_ERRORS.labels(metrics.error_kind(error)).inc()
             if sequence == self.sequence:
                 self._show_server_down(error)
             return
         latency_ms = (time.perf_counter() - started) * 1000
+        metrics.PREDICTION_LATENCY.observe(latency_ms / 1000)
+        metrics.PREDICTIONS.labels(str(answer.get("digit"))).inc()
         if sequence != self.sequence:
             return
         self.server_banner.set_visibility(False)
@@ -175,6 +180,7 @@ class DrawPage:
             self.hint.set_text("Draw a digit first, then click what it really is.")
             return
         self.draft = replace(self.draft, true_label=digit)
+        metrics.LABELS.labels(str(digit)).inc()
         self._highlight_label(digit)
         await self._save(self.draft)
 

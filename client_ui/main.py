@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+from fastapi import Response
 from nicegui import app, run, ui
 
-from client_ui import draw, history, statistics
+from client_ui import draw, history, metrics, statistics
 from client_ui.security import AccessGuard
 from client_ui.services import AppServices
 from config import Settings, get_settings
@@ -16,12 +17,26 @@ from config import Settings, get_settings
 log = logging.getLogger(__name__)
 
 OUTBOX_RETRY_SECONDS = 5.0
+# How often the metrics' view of the database and TorchServe's workers is refreshed: a few
+# times per Prometheus scrape interval (deploy/prometheus/prometheus.yml).
+WATCH_SECONDS = 5.0
 
 
 def create_app(services: AppServices) -> None:
-    """Register the pages and the start/stop work for these services."""
+    """Register the pages, `/metrics` and the start/stop work for these services."""
     register_pages(services)
+    register_metrics(services)
     register_lifecycle(services)
+
+
+def register_metrics(services: AppServices) -> None:
+    """`/metrics`, behind the same Host/Origin checks and login as the pages."""
+    metrics.bind_outbox(services.store.pending_count)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_page() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
 
 def register_pages(services: AppServices) -> None:
@@ -59,6 +74,7 @@ def register_lifecycle(services: AppServices) -> None:
     async def start() -> None:
         await run.io_bound(services.store.ensure_schema)
         worker.append(asyncio.create_task(_deliver_outbox(services)))
+        worker.append(asyncio.create_task(_watch_dependencies(services)))
 
     async def stop() -> None:
         for task in worker:
@@ -81,6 +97,22 @@ async def _deliver_outbox(services: AppServices) -> None:
             await run.io_bound(services.store.flush)
         except Exception:
             log.exception("could not deliver the outbox; retrying later")
+
+
+async def _watch_dependencies(services: AppServices) -> None:
+    """Keep the gauges of the database and of TorchServe's workers current."""
+    while True:
+        await run.io_bound(_probe_dependencies, services)
+        await asyncio.sleep(WATCH_SECONDS)
+
+
+def _probe_dependencies(services: AppServices) -> None:
+    metrics.DATABASE_UP.set(1 if services.database.ping() else 0)
+    try:
+        metrics.record_workers(services.status.model_info())
+    except Exception as error:  # TorchServe down or refusing: no worker is ready for the app
+        log.info("TorchServe's workers unknown: %s", error)
+        metrics.WORKERS_READY.set(0)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ SHOWN_METRICS = [
     ("ts_queue_latency_microseconds", "Total queue time (µs)"),
     ("Requests4XX", "4xx answers"),
     ("Requests5XX", "5xx answers"),
-    ("RejectedInputs", "Rejected inputs"),
+    ("mnist_rejected_inputs_total", "Rejected inputs"),
 ]
 
 

@@ -15,7 +15,7 @@ import logging
 import threading
 from enum import Enum
 
-from client_ui import queries
+from client_ui import metrics, queries
 from client_ui.database import DATABASE_DOWN_ERRORS, Database
 from client_ui.outbox import Outbox, PredictionDraft
 
@@ -70,7 +70,12 @@ class PredictionStore:
                 draft.key,
                 _first_line(error),
             )
+            metrics.SAVE_FAILURES.inc()
+            metrics.DATABASE_UP.set(0)
             return SaveOutcome.PENDING
+        if outcome is SaveOutcome.SAVED:
+            metrics.SAVES.labels(via="direct").inc()
+            metrics.DATABASE_UP.set(1)
         return SaveOutcome.PENDING if outcome is None else outcome
 
     def flush(self) -> int:
@@ -81,9 +86,12 @@ class PredictionStore:
                 outcome = self._deliver(entry.draft.key, wait_s=0)
             except DATABASE_DOWN_ERRORS as error:
                 log.info("database still unreachable: %s", _first_line(error))
+                metrics.DATABASE_UP.set(0)
                 break
             if outcome is SaveOutcome.SAVED:
                 saved += 1
+                metrics.SAVES.labels(via="outbox").inc()
+                metrics.DATABASE_UP.set(1)
             elif outcome is SaveOutcome.DELETED:
                 log.info(
                     "drawing %s was deleted meanwhile; its pending change is dropped",

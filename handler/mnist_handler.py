@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.explain import DEFAULT_STEPS as EXPLAIN_STEPS
@@ -41,6 +41,11 @@ STATUS_FOR_REASON = {"too_large": 413}
 JSON_LEADING = "\ufeff \t\r\n"
 # Enough of a body to see past a byte-order mark and some whitespace in UTF-32.
 JSON_SNIFF_BYTES = 64
+# The handler's metrics (declared in handler/metrics.yaml, named by Prometheus's conventions).
+PREDICTIONS = "mnist_predictions_total"
+REJECTED = "mnist_rejected_inputs_total"
+BATCHES = "mnist_handler_batches_total"
+PREPROCESS_SECONDS = "mnist_preprocess_seconds"
 # Candidates in each answer's ``top``: the app offers two or three when the model is unsure.
 TOP_CANDIDATES = 3
 
@@ -113,8 +118,10 @@ class MNISTHandler(BaseHandler):
         """Each request -> a 1x28x28 tensor, or the error that explains why it cannot be read."""
         started = time.perf_counter()
         prepared = [self._prepare(request) for request in data]
-        elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(data))
-        self.context.metrics.add_time("PreprocessTime", round(elapsed_ms, 3), None, "ms", [])
+        seconds = (time.perf_counter() - started) / max(1, len(data))
+        self._metric(PREPROCESS_SECONDS, MetricTypes.GAUGE).add_or_update(
+            seconds, [self.context.model_name]
+        )
         return prepared
 
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -190,13 +197,18 @@ class MNISTHandler(BaseHandler):
         answers: Any,
         prepared: list[torch.Tensor | InvalidInputError],
     ) -> None:
-        metrics = self.context.metrics
-        metrics.add_counter("HandlerBatches", 1, None, [Dimension("BatchSize", str(batch_size))])
+        model = self.context.model_name
+        self._metric(BATCHES).add_or_update(1, [str(batch_size), model])
         for digit, count in Counter(answer["digit"] for answer in answers).items():
-            metrics.add_counter("DigitPredictions", count, None, [Dimension("Digit", str(digit))])
+            self._metric(PREDICTIONS).add_or_update(count, [str(digit), model])
         reasons = Counter(item.reason for item in prepared if isinstance(item, InvalidInputError))
         for reason, count in reasons.items():
-            metrics.add_counter("RejectedInputs", count, None, [Dimension("Reason", reason)])
+            self._metric(REJECTED).add_or_update(count, [reason, model])
+
+    def _metric(self, name: str, kind: MetricTypes = MetricTypes.COUNTER) -> Any:
+        """A metric declared in handler/metrics.yaml, with exactly its dimensions (so no
+        camelCase ModelName and Level are added, as `add_counter` would)."""
+        return self.context.metrics.get_metric(name, kind)
 
 
 def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor:

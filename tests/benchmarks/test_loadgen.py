@@ -31,12 +31,12 @@ def test_latency_summary_percentiles_and_rate() -> None:
 def test_mean_batch_size_from_prometheus_counters() -> None:
     text = "\n".join(
         [
-            "# TYPE HandlerBatches counter",
-            'HandlerBatches{BatchSize="1",WorkerName="a"} 2.0',
-            'HandlerBatches{BatchSize="1",WorkerName="b"} 2.0',
-            'HandlerBatches{BatchSize="8",WorkerName="a"} 11.0',
-            "# TYPE DigitPredictions counter",
-            'DigitPredictions{Digit="3"} 50.0',
+            "# TYPE mnist_handler_batches_total counter",
+            'mnist_handler_batches_total{batch_size="1",Hostname="a"} 2.0',
+            'mnist_handler_batches_total{batch_size="1",Hostname="b"} 2.0',
+            'mnist_handler_batches_total{batch_size="8",Hostname="a"} 11.0',
+            "# TYPE mnist_predictions_total counter",
+            'mnist_predictions_total{digit="3"} 50.0',
             "",
         ]
     )

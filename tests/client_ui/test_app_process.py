@@ -24,6 +24,8 @@ from config import PROJECT_ROOT
 from serving.server import free_ports
 from tests.fixtures.database import PostgresServer, PrivatePostgres
 
+pytestmark = pytest.mark.slow  # each test starts the app as its own process
+
 SOCKET_IO = "/_nicegui_ws/socket.io/?EIO=4&transport=polling"
 WEBSOCKET = "/_nicegui_ws/socket.io/?EIO=4&transport=websocket"
 #: NiceGUI's own limit for building a page.

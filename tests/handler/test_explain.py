@@ -116,7 +116,8 @@ def test_explanations_and_predictions_in_one_batch_each_get_their_answer(
     assert float(attributions.sum()) == pytest.approx(
         explanation["logit"] - explanation["baseline_logit"], rel=0.02, abs=1e-3
     )
-    counted = [m for m in emitted_metrics(capture_metrics) if m["name"] == "DigitPredictions"]
+    emitted = emitted_metrics(capture_metrics)
+    counted = [m for m in emitted if m["name"] == "mnist_predictions_total"]
     assert sum(m["value"] for m in counted) == 2  # explanations are not predictions
 
 

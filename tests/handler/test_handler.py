@@ -116,8 +116,9 @@ def test_bad_inputs_get_a_4xx_with_a_json_reason(
     [(got_status, answer)] = run_batch(handler, worker_context, [request_data])
     assert got_status == status
     assert answer["code"] == status and answer["reason"] == reason and answer["message"]
-    rejected = [m for m in emitted_metrics(capture_metrics) if m["name"] == "RejectedInputs"]
-    assert [m["dimensions"]["Reason"] for m in rejected] == [reason]
+    emitted = emitted_metrics(capture_metrics)
+    rejected = [m for m in emitted if m["name"] == "mnist_rejected_inputs_total"]
+    assert [m["dimensions"]["reason"] for m in rejected] == [reason]
 
 
 def test_an_unexpected_failure_is_one_requests_400_not_a_dead_batch(
@@ -174,20 +175,18 @@ def test_declared_metrics_are_emitted_with_their_dimensions(
     run_batch(handler, worker_context, batch)
     emitted = {m["name"]: m for m in emitted_metrics(capture_metrics)}
     assert "Failed to update metric" not in capture_metrics.text
-    digit = emitted["DigitPredictions"]
+    digit = emitted["mnist_predictions_total"]
     assert digit["type"] == "COUNTER" and digit["value"] == 2
     assert digit["dimensions"] == {
-        "Digit": str(predictor.predict(samples[0][0]).digit),
-        "ModelName": "mnist",
-        "Level": "Model",
+        "digit": str(predictor.predict(samples[0][0]).digit),
+        "model_name": "mnist",
     }
-    assert emitted["RejectedInputs"]["dimensions"]["Reason"] == "not_an_image"
-    assert emitted["HandlerBatches"]["dimensions"]["BatchSize"] == "3"
-    assert (
-        emitted["PreprocessTime"]["type"] == "GAUGE"
-        and emitted["PreprocessTime"]["unit"] == "Milliseconds"
-    )
-    assert emitted["PreprocessTime"]["value"] > 0
+    rejected = emitted["mnist_rejected_inputs_total"]["dimensions"]
+    assert rejected == {"reason": "not_an_image", "model_name": "mnist"}
+    assert emitted["mnist_handler_batches_total"]["dimensions"]["batch_size"] == "3"
+    preprocess = emitted["mnist_preprocess_seconds"]
+    assert preprocess["type"] == "GAUGE" and preprocess["unit"] == "Seconds"
+    assert 0 < preprocess["value"] < 1
     assert "HandlerTime" not in emitted  # TorchServe's PredictionTime measures the same span
 
 

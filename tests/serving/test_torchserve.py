@@ -7,7 +7,9 @@ import base64
 import io
 import json
 import re
+import shutil
 import struct
+import subprocess
 import time
 import zlib
 from collections.abc import Callable
@@ -19,11 +21,14 @@ import numpy as np
 import psutil
 import pytest
 import requests
+import yaml
 from PIL import Image, ImageDraw
 
+from config import PROJECT_ROOT
 from model.predictor import MNISTPredictor, Prediction
 from serving.client import MAX_REQUEST_BYTES, InputRejectedError, TorchServeClient
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+from tests.conftest import require_or_skip
 from tests.fixtures.serving import RunningTorchServe
 from training.drawings import STYLES, drawings
 
@@ -37,6 +42,11 @@ METRIC_LINE = re.compile(r"^(?P<name>\w+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$",
 @cache
 def predictor(model_path: str) -> MNISTPredictor:
     return MNISTPredictor(model_path, device="cpu")
+
+
+METRICS_CONFIG = PROJECT_ROOT / "handler" / "metrics.yaml"
+# Model metrics that TorchServe's Python worker emits itself under its own names.
+TORCHSERVE_MODEL_METRICS = {"PredictionTime"}
 
 
 def expected(torchserve: RunningTorchServe, images: list[bytes]) -> list[Prediction]:
@@ -122,7 +132,7 @@ def test_a_concurrent_burst_is_batched_and_answers_stay_with_their_inputs(
     torchserve: RunningTorchServe,
 ) -> None:
     client = torchserve.client
-    before = metric_values(client.metrics(), "HandlerBatches")
+    before = metric_values(client.metrics(), "mnist_handler_batches_total")
     images = [image for image, _ in drawings("canvas_transparent", 96, seed=3)]
     with ThreadPoolExecutor(max_workers=24) as pool:
         answers = list(pool.map(client.predict, images))
@@ -130,10 +140,10 @@ def test_a_concurrent_burst_is_batched_and_answers_stay_with_their_inputs(
         assert_same_answer(answer, reference)
 
     def batched_requests(text: str) -> dict[int, float]:
-        after = metric_values(text, "HandlerBatches")
+        after = metric_values(text, "mnist_handler_batches_total")
         grown = {}
         for labels, value in after.items():
-            size = int(re.search(r'BatchSize="(\d+)"', labels)[1])
+            size = int(re.search(r'batch_size="(\d+)"', labels)[1])
             grown[size] = grown.get(size, 0) + value - before.get(labels, 0.0)
         return grown
 
@@ -334,19 +344,53 @@ def test_handler_and_frontend_metrics_appear(torchserve: RunningTorchServe) -> N
 
     def complete(text: str) -> bool:
         return bool(
-            metric_values(text, "DigitPredictions")
-            and metric_values(text, "PreprocessTime")
-            and any('Reason="blank"' in labels for labels in metric_values(text, "RejectedInputs"))
+            metric_values(text, "mnist_predictions_total")
+            and metric_values(text, "mnist_preprocess_seconds")
+            and any(
+                'reason="blank"' in labels
+                for labels in metric_values(text, "mnist_rejected_inputs_total")
+            )
         )
 
     text = wait_for_metrics(client, complete)
-    digits = metric_values(text, "DigitPredictions")
+    digits = metric_values(text, "mnist_predictions_total")
     assert sum(digits.values()) >= 10
-    assert all(re.search(r'Digit="\d"', labels) for labels in digits)
+    assert all(re.search(r'digit="\d"', labels) for labels in digits)
     assert complete(text)
     assert metric_values(text, "ts_inference_requests_total")
     assert metric_values(text, "ts_inference_latency_microseconds")
     assert metric_values(text, "Requests2XX")
+
+
+def test_only_torchserves_own_metric_names_break_prometheus_conventions(
+    torchserve: RunningTorchServe,
+) -> None:
+    """`promtool check metrics` on the live endpoint: the handler's metrics pass; TorchServe's
+    built-in names (camelCase, `_microseconds` counters) cannot change and are the exceptions."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        require_or_skip("REQUIRE_PROMETHEUS", "promtool is not installed (Debian's prometheus)")
+        return
+    client = torchserve.client
+    client.predict(drawings("black_on_white", 1)[0][0])
+    with pytest.raises(InputRejectedError):
+        client.predict(b"not an image")
+    text = wait_for_metrics(
+        client,
+        lambda text: bool(
+            metric_values(text, "mnist_rejected_inputs_total")
+            and metric_values(text, "mnist_handler_batches_total")
+        ),
+    )
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    flagged = {line.split()[0] for line in (lint.stdout + lint.stderr).splitlines() if line}
+    declared = yaml.safe_load(METRICS_CONFIG.read_text())
+    builtin = {m["name"] for kind in declared["ts_metrics"].values() for m in kind}
+    builtin |= TORCHSERVE_MODEL_METRICS
+    assert flagged, "promtool found nothing: TorchServe's own names should be flagged"
+    assert flagged <= builtin, f"project metrics break the conventions: {flagged - builtin}"
 
 
 def test_each_request_is_logged_once_and_without_debug_lines(
