@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store clean
 
 setup: $(SETUP_STAMP)
 
@@ -76,6 +76,10 @@ accuracy: setup
 # (10 minutes; SOAK_MINUTES=3 for a shorter run). Writes results/soak.json and soak.md.
 soak: setup
 	$(PY) -m benchmarks.soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES),)
+
+# The storage layout KServe's TorchServe runtime mounts at /mnt/models (docs/deployment.md).
+kserve-store: setup
+	$(PY) -m serving.kserve --out build/kserve
 
 clean:
 	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache

@@ -110,13 +110,16 @@ def write_config(
 ) -> Path:
     """Write the config TorchServe will use (see `render_config`) to `path`."""
     properties = render_config(settings, base, overrides)
+    return write_properties(path, properties, "serving.server from config.properties")
+
+
+def write_properties(path: Path, properties: Mapping[str, str], written_by: str) -> Path:
+    """A config.properties TorchServe reads, with a first line saying who wrote it."""
     # Not javaproperties.dump: TorchServe's launcher reads `vmargs` from this file by splitting
     # at "=" without unescaping, so only backslashes (Java's escape) are escaped here.
     lines = [f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in properties.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Written by serving.server from config.properties; do not edit.\n" + "".join(lines)
-    )
+    path.write_text(f"# Written by {written_by}; do not edit.\n" + "".join(lines))
     return path
 
 

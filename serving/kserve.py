@@ -1,0 +1,111 @@
+"""`python -m serving.kserve`: the storage layout that KServe's TorchServe runtime serves.
+
+KServe mounts an InferenceService's `storageUri` at /mnt/models and starts
+`torchserve --start --model-store=/mnt/models/model-store
+--ts-config=/mnt/models/config/config.properties`. This writes that layout:
+
+    model-store/mnist.mar        the project's archive (`serving.archive`)
+    config/config.properties     the project's config.properties with KServe's ports and paths
+    config/metrics.yaml          the metrics it names
+
+Everything else (batching, limits, metrics, JVM options, the model API off) is the project's
+own configuration; what differs, and why, is in docs/deployment.md and SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from config import get_settings
+from serving.archive import MODEL_CONFIG, ArchiveError, build_archive, default_version
+from serving.server import CONFIG_PATH, read_properties, write_properties
+
+KSERVE_ROOT = "/mnt/models"
+METRICS_CONFIG = Path(__file__).resolve().parent.parent / "handler" / "metrics.yaml"
+# The model-config.yaml keys that the model_snapshot names the same way.
+SNAPSHOT_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+
+
+def kserve_properties(root: str, model_name: str, version: str) -> dict[str, str]:
+    """config.properties for KServe: the project's, with KServe's listeners and paths."""
+    properties = read_properties(CONFIG_PATH)
+    properties.pop("load_models", None)  # the model_snapshot loads the model instead
+    model_config = yaml.safe_load(MODEL_CONFIG.read_text())
+    snapshot = {
+        "name": "startup.cfg",
+        "modelCount": 1,
+        "models": {
+            model_name: {
+                version: {
+                    "defaultVersion": True,
+                    "marName": f"{model_name}.mar",
+                    **{key: model_config[key] for key in SNAPSHOT_KEYS},
+                }
+            }
+        },
+    }
+    properties.update(
+        {
+            # KServe's runtime reaches the predictor on 8085 and scrapes 8082, from outside the
+            # pod's loopback; management stays inside the pod.
+            "inference_address": "http://0.0.0.0:8085",
+            "management_address": "http://127.0.0.1:8081",
+            "metrics_address": "http://0.0.0.0:8082",
+            "grpc_inference_address": "0.0.0.0",
+            "grpc_inference_port": "7070",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_management_port": "7071",
+            # KServe's runtime configures TorchServe through TS_* variables (its protocol
+            # envelope); the model API stays off all the same (enable_model_api=false).
+            "enable_envvars_config": "true",
+            # The key file is written inside each pod, where no client can read it: access is
+            # decided by KServe's ingress and the cluster's policies (SECURITY.md).
+            "disable_token_authorization": "true",
+            "model_store": f"{root}/model-store",
+            "allowed_urls": f"file://{root}/model-store/[^/]+[.]mar",
+            "metrics_config": f"{root}/config/metrics.yaml",
+            "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
+        }
+    )
+    return properties
+
+
+def build_store(model_file: Path, out: Path, root: str, model_name: str) -> Path:
+    """Write the layout under `out`, for KServe to mount at `root`; returns `out`."""
+    version = default_version(model_file)
+    build_archive(model_file, out / "model-store", model_name, version)
+    config_dir = out / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(METRICS_CONFIG, config_dir / "metrics.yaml")
+    properties = kserve_properties(root, model_name, version)
+    write_properties(config_dir / "config.properties", properties, "`make kserve-store`")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-file", type=Path, default=settings.torchscript_path)
+    parser.add_argument("--out", type=Path, default=Path("build/kserve"), help="layout folder")
+    parser.add_argument(
+        "--root", default=KSERVE_ROOT, help="where KServe mounts it (paths in the config)"
+    )
+    parser.add_argument("--model-name", default=settings.model_name)
+    args = parser.parse_args(argv)
+    try:
+        out = build_store(args.model_file, args.out, args.root, args.model_name)
+    except ArchiveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
