@@ -2,7 +2,7 @@
 means and which alert watches it).
 
 They live in prometheus_client's default registry, created once per process; the page code and
-the store only count, and `bind` points the gauges at the running app's services.
+the store only count, and `bind_outbox` points the outbox gauge at the running app's store.
 """
 
 from __future__ import annotations

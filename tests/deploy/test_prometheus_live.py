@@ -30,6 +30,7 @@ from tests.client_ui.test_browser_e2e import (  # noqa: F401  (fixtures)
 )
 from tests.conftest import require_or_skip
 from tests.deploy.test_prometheus_rules import PROMETHEUS_DIR, alert_rules, dashboard_queries
+from tests.fixtures.waiting import wait_until_ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.postgres]
 
@@ -73,16 +74,7 @@ def prometheus(torchserve: Any, app_url: str, tmp_path: Path) -> Iterator[str]: 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"Prometheus was not ready:\n{(tmp_path / 'prometheus.log').read_text()}")
+        wait_until_ok(f"{url}/-/ready", READY_TIMEOUT_S, tmp_path / "prometheus.log")
         yield url
     finally:
         process.terminate()

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import requests
 from config import PROJECT_ROOT
 from serving.kserve import KSERVE_ROOT
 from serving.server import free_ports, read_properties, write_properties
+from tests.fixtures.waiting import wait_until_ok
 from training.drawings import drawings
 
 pytestmark = pytest.mark.slow
@@ -97,16 +97,7 @@ def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str,
         "metrics": f"http://127.0.0.1:{metrics}",
     }
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{urls['inference']}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"not ready:\n{(tmp_path / 'torchserve.out').read_text()[-3000:]}")
+        wait_until_ok(f"{urls['inference']}/ping", READY_TIMEOUT_S, tmp_path / "torchserve.out")
         yield urls
     finally:
         with (tmp_path / "torchserve.out").open("a") as console:
