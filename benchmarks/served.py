@@ -143,17 +143,19 @@ def warm_up(instance: Instance, seconds: float, payloads: Sequence[Payload]) -> 
 
 
 @contextmanager
-def running(mar: Path, workdir: Path) -> Iterator[Instance]:
-    """Start TorchServe with the repository's config.properties serving `mar` and wait until
-    every worker is READY; always stop it. The cold start is measured to about half a second,
-    the interval at which `serving.server` polls for READY."""
+def running(
+    mar: Path, workdir: Path, overrides: Mapping[str, str] | None = None
+) -> Iterator[Instance]:
+    """Start TorchServe with the repository's config.properties (and `overrides`) serving `mar`
+    and wait until every worker is READY; always stop it. The cold start is measured to about
+    half a second, the interval at which `serving.server` polls for READY."""
     store = workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     settings = load_settings(server.private_instance_env(workdir, store, mar.stem), env_file=None)
     shutil.copy(mar, settings.mar_path)
     started = time.perf_counter()
     try:
-        handle = server.start_torchserve(settings)
+        handle = server.start_torchserve(settings, overrides=overrides)
         cold_start = time.perf_counter() - started
         tokens = TokenStore(settings.key_file, settings.management_url, timeout_s=2.0)
         yield Instance(settings, psutil.Process(handle.pid), cold_start, tokens)
