@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store base-image images compose-smoke gpu-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -80,6 +80,31 @@ soak: setup
 # The storage layout KServe's TorchServe runtime mounts at /mnt/models (docs/deployment.md).
 kserve-store: setup
 	$(PY) -m serving.kserve --out build/kserve
+
+# Container images and the compose stack with podman (docs/deployment.md). Where no image
+# registry is reachable, `make base-image` makes a Debian base from Debian's packages and
+# BASE_IMAGE=localhost/bookworm-min uses it; PODMAN_SANDBOX=1 runs podman with
+# deploy/containers/containers.conf, for machines without cgroup and rlimit control.
+BASE_IMAGE ?= debian:bookworm-slim
+PODMAN_ENV := $(if $(filter 1,$(PODMAN_SANDBOX)),CONTAINERS_CONF=$(CURDIR)/deploy/containers/containers.conf)
+
+base-image:
+	$(PODMAN_ENV) deploy/containers/base-image.sh
+
+images: train-and-archive
+	$(PODMAN_ENV) BASE_IMAGE=$(BASE_IMAGE) deploy/containers/build-images.sh
+
+# Builds, starts the stack, draws in a real browser, reads the row in the stack's PostgreSQL,
+# asks its Prometheus, and removes the containers and volumes (the images stay for next time).
+compose-smoke: images
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,compose]'
+	$(PODMAN_ENV) COMPOSE_SMOKE=1 $(PY) -m pytest -p no:cacheprovider -s -v tests/deploy/test_compose_stack.py
+
+# Train, archive and serve on a CUDA GPU, with accuracy and latency (results/gpu_check.json),
+# then the tests marked gpu.
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check
+	$(PY) -m pytest -m gpu -v $(PYTEST_ARGS)
 
 clean:
 	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache

@@ -1,5 +1,7 @@
 """Start, stop and check the project's TorchServe: ``python -m serving.server start|stop|status``.
 
+``foreground`` runs it as a container's main process instead (the Containerfile).
+
 TorchServe's launcher starts the Java frontend in the background and keeps ONE global pid file
 in the temp directory, so every instance started here gets its own TMPDIR (``<log_dir>/tmp``)
 and is tracked by our own pid file (``<log_dir>/torchserve.pid``): the fixture, the benchmark
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import javaproperties
@@ -342,6 +344,33 @@ def _port_taken(host: str, port: int) -> bool:
 
 def _launch(settings: Settings, config: Path, log_config: Path | None) -> int:
     """Run the launcher (it starts the Java frontend and exits); returns the frontend's pid."""
+    command, env = _launch_command(settings, config, log_config)
+    with (settings.log_dir / "torchserve.out").open("wb") as console:
+        launcher = subprocess.run(
+            command,
+            cwd=settings.key_file.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal must not reach the server
+            timeout=60,
+            check=False,
+        )
+    launcher_pid_file = Path(env["TMPDIR"]) / ".model_server.pid"
+    try:
+        pid = int(launcher_pid_file.read_text().strip())
+    except (OSError, ValueError) as error:
+        raise ServerError(
+            f"the TorchServe launcher failed (exit {launcher.returncode}).\n{log_tail(settings)}"
+        ) from error
+    return pid
+
+
+def _launch_command(
+    settings: Settings, config: Path, log_config: Path | None
+) -> tuple[list[str], dict[str, str]]:
+    """The launcher's command line and environment, with the folders they need made."""
     temp_dir = settings.log_dir / "tmp"
     temp_dir.mkdir(parents=True, exist_ok=True)
     settings.key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -364,26 +393,17 @@ def _launch(settings: Settings, config: Path, log_config: Path | None) -> int:
     ]
     if log_config is not None:
         command += ["--log-config", str(log_config)]
-    with (settings.log_dir / "torchserve.out").open("wb") as console:
-        launcher = subprocess.run(
-            command,
-            cwd=settings.key_file.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in the terminal must not reach the server
-            timeout=60,
-            check=False,
-        )
-    launcher_pid_file = temp_dir / ".model_server.pid"
-    try:
-        pid = int(launcher_pid_file.read_text().strip())
-    except (OSError, ValueError) as error:
-        raise ServerError(
-            f"the TorchServe launcher failed (exit {launcher.returncode}).\n{log_tail(settings)}"
-        ) from error
-    return pid
+    return command, env
+
+
+def run_in_foreground(settings: Settings, log_config: Path | None = LOG_CONFIG_PATH) -> NoReturn:
+    """Become TorchServe, in the foreground: the main process of a container."""
+    _check_can_start(settings)
+    config = write_config(effective_config_path(settings), settings)
+    settings.key_file.unlink(missing_ok=True)  # a stale key file would answer for the new server
+    command, env = _launch_command(settings, config, log_config)
+    os.chdir(settings.key_file.parent)
+    os.execvpe(command[0], [*command, "--foreground"], env)
 
 
 def _torchserve_executable() -> str:
@@ -458,12 +478,19 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("start", help="start in the background and wait until READY")
     start.add_argument("--timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait")
     start.add_argument("--gpus", type=int, help="GPUs the workers may use (default: CPU only)")
+    commands.add_parser("foreground", help="run in the foreground (a container's main process)")
     commands.add_parser("stop", help="stop the server started by `start`")
     commands.add_parser("status", help="say whether it runs and how the model is")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "start":
         return _start(settings, args)
+    if args.command == "foreground":
+        try:
+            run_in_foreground(settings)
+        except ServerError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     if args.command == "stop":
         return _stop(settings)
     return _status(settings)

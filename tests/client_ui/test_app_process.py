@@ -180,6 +180,21 @@ def test_the_login_protects_pages_and_their_websocket(start_app) -> None:
     assert app.websocket_status(Origin=own, Authorization=login) == 101
 
 
+def health_check(app: App, **settings: str) -> subprocess.CompletedProcess:
+    """`python -m client_ui.health` (the containers' health check) with the app's settings."""
+    env = {**app.env, **settings}
+    command = [sys.executable, "-m", "client_ui.health"]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+
+
+def test_the_health_check_logs_in_and_fails_when_the_app_does_not_answer(start_app) -> None:
+    app = start_app(UI_HOST="0.0.0.0", UI_PASSWORD=PASSWORD)
+    assert health_check(app).returncode == 0
+    assert "HTTP 401" in health_check(app, UI_PASSWORD="guess").stderr
+    app.stop()
+    assert health_check(app).returncode == 1
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_every_page_renders_in_time_while_torchserve_and_postgres_hang(

@@ -47,6 +47,23 @@ def test_the_configuration_and_the_rules_are_valid(promtool: str) -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_the_compose_stacks_configuration_is_valid_and_scrapes_the_same_jobs(
+    promtool: str, tmp_path: Path
+) -> None:
+    """deploy/compose/prometheus.yml, as the stack's image lays it out: beside alerts.yml."""
+    config = yaml.safe_load((PROJECT_ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    (tmp_path / "app-password").write_text("secret")
+    [app_job] = [job for job in config["scrape_configs"] if job["job_name"] == "mnist-app"]
+    app_job["basic_auth"]["password_file"] = str(tmp_path / "app-password")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(PROMETHEUS_DIR / "alerts.yml", tmp_path / "alerts.yml")
+    checked = run(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    local = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert jobs == {job["job_name"] for job in local["scrape_configs"]}
+
+
 def test_every_alert_fires_and_stays_silent_as_its_unit_tests_say(promtool: str) -> None:
     tested = run(promtool, "test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -3,6 +3,7 @@ before launching anything."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -15,6 +16,7 @@ from serving.server import (
     private_instance_env,
     read_properties,
     render_config,
+    run_in_foreground,
     running_instance,
     start_torchserve,
     stop,
@@ -92,3 +94,28 @@ def test_rendered_config_takes_addresses_and_store_from_settings(tmp_path: Path)
     assert not allowed.fullmatch("https://example.com/digits.mar")
     written = write_config(tmp_path / "ts.properties", settings)
     assert read_properties(written)["allowed_urls"] == properties["allowed_urls"]
+
+
+def test_foreground_becomes_torchserve_in_the_foreground_in_the_key_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_in(tmp_path)
+    settings.key_file.write_text("{}")  # a stale key file from an earlier start
+    became: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: became.append((file, args, env)))
+    monkeypatch.chdir(tmp_path.parent)
+    run_in_foreground(settings)
+    [(file, args, env)] = became
+    assert args[0] == file and Path(file).name == "torchserve"
+    assert args[1] == "--start" and args[-1] == "--foreground"
+    config = Path(args[args.index("--ts-config") + 1])
+    assert read_properties(config)["inference_address"] == settings.inference_url
+    assert Path.cwd() == settings.key_file.parent and not settings.key_file.exists()
+    assert env["LOG_LOCATION"] == str(settings.log_dir)
+
+
+def test_foreground_refuses_to_start_without_an_archive(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    settings.mar_path.unlink()
+    with pytest.raises(ServerError, match="make archive"):
+        run_in_foreground(settings)
