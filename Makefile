@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store base-image images compose-smoke gpu-check clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store retrain base-image images compose-smoke gpu-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -76,6 +76,11 @@ accuracy: setup
 # (10 minutes; SOAK_MINUTES=3 for a shorter run). Writes results/soak.json and soak.md.
 soak: setup
 	$(PY) -m benchmarks.soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES),)
+
+# The next model version from the drawings people labelled in the app (results/retrain.md);
+# archived beside the current one only when it is not worse (docs/retraining.md).
+retrain: setup
+	$(PY) -m training.retrain $(RETRAIN_ARGS)
 
 # The storage layout KServe's TorchServe runtime mounts at /mnt/models (docs/deployment.md).
 kserve-store: setup

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -191,8 +192,11 @@ class TorchServeClient:
         self._grpc_stub: Any = None
         self._grpc_lock = threading.Lock()
 
-    def predict(self, image_bytes: bytes, *, use_grpc: bool = False) -> dict[str, Any]:
-        """The handler's answer for one encoded image (or JSON body) as a dict."""
+    def predict(
+        self, image_bytes: bytes, *, use_grpc: bool = False, version: str | None = None
+    ) -> dict[str, Any]:
+        """The handler's answer for one encoded image (or JSON body) as a dict, from the
+        model's default version or from `version`; ``model_version`` names the one that gave it."""
         if len(image_bytes) > MAX_REQUEST_BYTES:
             raise InputRejectedError(
                 413,
@@ -202,17 +206,23 @@ class TorchServeClient:
         attempt = 0
         while True:
             try:
-                return self._predict_once(image_bytes, use_grpc)
+                return self._predict_once(image_bytes, use_grpc, version)
             except WorkerDiedError:
                 if attempt >= self.prediction_retries:
                     raise
                 time.sleep(PREDICTION_BACKOFF_S * 2**attempt)
                 attempt += 1
 
-    def _predict_once(self, image_bytes: bytes, use_grpc: bool) -> dict[str, Any]:
+    def _predict_once(
+        self, image_bytes: bytes, use_grpc: bool, version: str | None
+    ) -> dict[str, Any]:
         if use_grpc:
-            return self._with_token("inference", lambda key: self._grpc_predict(image_bytes, key))
+            return self._with_token(
+                "inference", lambda key: self._grpc_predict(image_bytes, key, version)
+            )
         url = f"{self.inference_url}/predictions/{self.model_name}"
+        if version:
+            url += f"/{quote(version, safe='')}"
         headers = {"Content-Type": "application/octet-stream"}
         return self._with_token(
             "inference", lambda key: self._rest("POST", url, key, data=image_bytes, headers=headers)
@@ -242,6 +252,18 @@ class TorchServeClient:
         described = self._with_token("management", lambda key: self._rest("GET", url, key))
         info = described[0] if isinstance(described, list) and described else described
         return {**info, "version": info.get("modelVersion")}
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version TorchServe serves of the model, as the management API describes them."""
+        url = f"{self.management_url}/models/{self.model_name}/all"
+        return self._with_token("management", lambda key: self._rest("GET", url, key))
+
+    def set_default(self, version: str) -> None:
+        """Make `version` the one that answers ``/predictions/<model>`` (management API)."""
+        url = (
+            f"{self.management_url}/models/{self.model_name}/{quote(version, safe='')}/set-default"
+        )
+        self._with_token("management", lambda key: self._rest("PUT", url, key))
 
     def metrics(self) -> str:
         """Prometheus text from the metrics port (which needs no token)."""
@@ -306,13 +328,15 @@ class TorchServeClient:
                 "is it running (`make serve`)?"
             ) from error
 
-    def _grpc_predict(self, image_bytes: bytes, key: str | None) -> dict[str, Any]:
+    def _grpc_predict(
+        self, image_bytes: bytes, key: str | None, version: str | None = None
+    ) -> dict[str, Any]:
         import grpc
 
         from serving.grpc_stubs import inference_pb2
 
         request = inference_pb2.PredictionsRequest(
-            model_name=self.model_name, input={"data": image_bytes}
+            model_name=self.model_name, model_version=version or "", input={"data": image_bytes}
         )
         metadata = [("authorization", f"Bearer {key}")] if key else []
         try:

@@ -29,6 +29,7 @@ import javaproperties
 import psutil
 
 from config import PROJECT_ROOT, Settings, get_settings
+from model import versions
 from serving.client import TorchServeClient, TorchServeError
 
 CONFIG_PATH = PROJECT_ROOT / "config.properties"
@@ -96,12 +97,20 @@ def render_config(
             "grpc_management_address": grpc_management_host,
             "grpc_management_port": grpc_management_port,
             "model_store": str(store),
-            "load_models": f"{settings.model_name}={settings.mar_path.name}",
+            "load_models": _load_models(settings),
             "allowed_urls": f"file://{re.escape(str(store))}/[^/]+[.]mar",
         }
     )
     properties.update(overrides or {})
     return properties
+
+
+def _load_models(settings: Settings) -> str:
+    """``name=name.mar``, or every version of the model in the store with the default first."""
+    if not any(settings.model_store.glob(f"{settings.model_name}-*.mar")):
+        return f"{settings.model_name}={settings.mar_path.name}"
+    order = versions.load_order(settings.model_store, settings.model_name)
+    return ",".join(path.name for path in order)
 
 
 def write_config(

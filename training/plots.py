@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -98,8 +99,22 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path | None = None) -> Figur
     """Rows are true digits, columns predictions; off-diagonal counts are the mistakes."""
     figure = Figure(figsize=(7, 6))
     axis = figure.subplots()
+    figure.colorbar(_draw_confusion(axis, matrix, "test images"), ax=axis)
+    return _save(figure, path)
+
+
+def plot_confusion_pair(
+    left: np.ndarray, right: np.ndarray, names: tuple[str, str], path: Path | None = None
+) -> Figure:
+    """Two models' confusion matrices on the same images, side by side."""
+    figure = Figure(figsize=(13, 6))
+    for axis, matrix, name in zip(figure.subplots(1, 2), (left, right), names, strict=True):
+        _draw_confusion(axis, matrix, f"drawings, {name}")
+    return _save(figure, path)
+
+
+def _draw_confusion(axis: Any, matrix: np.ndarray, what: str) -> Any:
     shown = axis.imshow(matrix, cmap="Blues")
-    figure.colorbar(shown, ax=axis)
     threshold = matrix.max() / 2
     for true_digit in range(matrix.shape[0]):
         for predicted in range(matrix.shape[1]):
@@ -120,6 +135,6 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path | None = None) -> Figur
         yticks=range(10),
         xlabel="predicted digit",
         ylabel="true digit",
-        title=f"Confusion matrix on {int(matrix.sum()):,} test images ({100 * accuracy:.2f} %)",
+        title=f"Confusion matrix on {int(matrix.sum()):,} {what} ({100 * accuracy:.2f} %)",
     )
-    return _save(figure, path)
+    return shown

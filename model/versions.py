@@ -1,0 +1,112 @@
+"""The versions of a model in the model store, and which one is the default.
+
+`make archive` writes ``<name>.mar``; `make retrain` adds ``<name>-<version>.mar`` beside it.
+TorchServe serves all of them side by side (``load_models`` lists them, the default first) and
+answers ``/predictions/<name>`` with the default. Promotions and rollbacks are recorded in
+``<name>.defaults.json`` in the store, so a restart keeps the promoted default; the record is
+the history of defaults, the last one current.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+VERSION = re.compile(r"^(\d+)\.(\d+)$")
+
+
+class VersionError(ValueError):
+    """A version is unknown or there is nothing to roll back to; the message says which."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    version: str
+    path: Path
+
+
+def archive_version(mar: Path) -> str:
+    """The ``modelVersion`` in a .mar's manifest."""
+    with zipfile.ZipFile(mar) as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    return str(manifest["model"]["modelVersion"])
+
+
+def archives(store: Path, model_name: str) -> list[Archive]:
+    """Every archive of `model_name` in `store`, oldest version first."""
+    paths = [store / f"{model_name}.mar", *store.glob(f"{model_name}-*.mar")]
+    found = [Archive(archive_version(path), path) for path in paths if path.is_file()]
+    return sorted(found, key=lambda archive: version_key(archive.version))
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Sort key: ``2.20261204093000`` after ``1.20261231000000``; other forms last, by text."""
+    match = VERSION.match(version)
+    return (int(match[1]), int(match[2])) if match else (1 << 62, 0)
+
+
+def next_version(store: Path, model_name: str, stamp: str) -> str:
+    """One major version above the newest in the store: ``<major + 1>.<stamp>``."""
+    majors = [version_key(archive.version)[0] for archive in archives(store, model_name)]
+    known = [major for major in majors if major < 1 << 62]
+    return f"{max(known, default=0) + 1}.{stamp}"
+
+
+def archive_name(model_name: str, version: str) -> str:
+    return f"{model_name}-{version}.mar"
+
+
+def defaults_file(store: Path, model_name: str) -> Path:
+    return store / f"{model_name}.defaults.json"
+
+
+def default_history(store: Path, model_name: str) -> list[str]:
+    """The recorded defaults, oldest first, keeping only versions still in the store."""
+    path = defaults_file(store, model_name)
+    recorded = json.loads(path.read_text())["defaults"] if path.is_file() else []
+    present = {archive.version for archive in archives(store, model_name)}
+    return [version for version in recorded if version in present]
+
+
+def default_version(store: Path, model_name: str) -> str | None:
+    """The recorded default, else the version of ``<name>.mar`` (what `make archive` made)."""
+    history = default_history(store, model_name)
+    if history:
+        return history[-1]
+    base = store / f"{model_name}.mar"
+    return archive_version(base) if base.is_file() else None
+
+
+def record_default(store: Path, model_name: str, version: str) -> None:
+    """Append `version` to the history of defaults (after checking it is in the store)."""
+    if version not in {archive.version for archive in archives(store, model_name)}:
+        raise VersionError(f"{model_name} has no version {version} in {store}")
+    history = default_history(store, model_name)
+    current = default_version(store, model_name)
+    if not history and current is not None:
+        history = [current]
+    if history[-1:] != [version]:
+        history.append(version)
+    defaults_file(store, model_name).write_text(json.dumps({"defaults": history}, indent=2) + "\n")
+
+
+def forget_default(store: Path, model_name: str) -> str:
+    """Drop the current default from the history; returns the one before it (the rollback)."""
+    history = default_history(store, model_name)
+    if len(history) < 2:
+        raise VersionError(f"{model_name} has no earlier default to roll back to")
+    history.pop()
+    defaults_file(store, model_name).write_text(json.dumps({"defaults": history}, indent=2) + "\n")
+    return history[-1]
+
+
+def load_order(store: Path, model_name: str) -> list[Path]:
+    """The archives to load, the default first: TorchServe makes the first one the default."""
+    default = default_version(store, model_name)
+    found = archives(store, model_name)
+    return [a.path for a in found if a.version == default] + [
+        a.path for a in found if a.version != default
+    ]

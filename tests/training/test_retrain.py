@@ -1,0 +1,128 @@
+"""`python -m training.retrain` on a real PostgreSQL holding labelled drawings: MNIST test digits
+drawn canvas-style, some of them deliberately mispredicted, labelled as people would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from client_ui import queries
+from client_ui.database import Database
+from model import versions
+from model.torchscript import state_dict_path
+from serving.archive import build_archive
+from training.drawings import drawings
+from training.retrain import in_holdout, main
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+STYLES = ("thick_stroke", "very_thick_stroke", "sent_28_thick_stroke", "black_on_white")
+
+
+def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int = 0) -> str:
+    """`count` labelled rows (every fifth prediction wrong), `deleted` of them removed again,
+    and a few unlabelled ones, which retraining must not use; returns the database's URL."""
+    per_style = count // len(STYLES) + 1
+    samples = [
+        s for style in STYLES for s in drawings(style, per_style, data_dir=mnist_dir, seed=3)
+    ]
+    with database.session() as session:
+        ids = []
+        for index, (image, label) in enumerate(samples[:count] + samples[-5:]):
+            wrong = (label + 1) % 10 if index % 5 == 0 else label
+            values = {
+                "predicted_digit": wrong,
+                "confidence": 0.5,
+                "true_label": label if index < count else None,
+                "image_data": image,
+                "model_version": "1.0",
+                "latency_ms": 5.0,
+            }
+            ids.append(queries.insert_prediction(session, values))
+        for row_id in ids[:deleted]:
+            queries.delete_prediction(session, row_id)
+    return database.url
+
+
+@pytest.fixture
+def store(trained_model: Path, tmp_path: Path) -> Path:
+    """A model store holding the session's model as version 1.0, its checkpoint beside it."""
+    store = tmp_path / "model_store"
+    store.mkdir()
+    shutil.copy(trained_model, store / "mnist_cnn.pt")
+    shutil.copy(state_dict_path(trained_model), state_dict_path(store / "mnist_cnn.pt"))
+    build_archive(store / "mnist_cnn.pt", store, "mnist", "1.0")
+    return store
+
+
+def retrain(url: str, store: Path, results: Path, *extra: str) -> dict:
+    argv = [
+        "--database-url", url, "--model-path", str(store / "mnist_cnn.pt"),
+        "--results-dir", str(results), "--min-drawings", "200", *extra,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((results / "retrain.json").read_text())
+
+
+def test_the_split_by_drawing_id_is_stable_and_near_the_share() -> None:
+    sides = [in_holdout(drawing_id, 20) for drawing_id in range(1, 2001)]
+    assert sides == [in_holdout(drawing_id, 20) for drawing_id in range(1, 2001)]
+    assert 0.17 < sum(sides) / len(sides) < 0.23
+
+
+def test_too_few_drawings_says_how_many_more_and_archives_nothing(
+    postgres_database: Database,
+    store: Path,
+    mnist_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    postgres_url = store_drawings(postgres_database, 150, mnist_dir)
+    argv = ["--database-url", postgres_url, "--model-path", str(store / "mnist_cnn.pt"),
+            "--results-dir", str(tmp_path / "results"), "--min-drawings", "200"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "150 labelled drawings" in said and "(50 more)" in said
+    assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]
+    assert not (tmp_path / "results" / "retrain.json").exists()
+
+
+def test_a_fine_tuned_candidate_is_compared_and_archived_as_the_next_version(
+    postgres_database: Database, store: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    postgres_url = store_drawings(postgres_database, 600, mnist_dir, deleted=40)
+    report = retrain(postgres_url, store, tmp_path / "results")
+    now, new = report["current"], report["candidate"]
+    print(
+        f"\nretrain: {report['drawings']}; holdout {now['holdout']['accuracy']:.4f} -> "
+        f"{new['holdout']['accuracy']:.4f}, MNIST {now['mnist_test']['accuracy']:.4f} -> "
+        f"{new['mnist_test']['accuracy']:.4f}: {report['reason']}"
+    )
+    assert report["drawings"]["train"] + report["drawings"]["holdout"] == 560  # deleted excluded
+    assert report["current_version"] == "1.0" and report["candidate_version"].startswith("2.")
+    assert report["decision"] == "archived", report["reason"]
+    assert [a.version for a in versions.archives(store, "mnist")] == [
+        "1.0",
+        report["candidate_version"],
+    ]
+    markdown = (tmp_path / "results" / "retrain.md").read_text()
+    assert (
+        "| holdout digit 9 |" in markdown
+        and (tmp_path / "results" / "retrain_confusion.png").stat().st_size
+    )
+    assert versions.default_version(store, "mnist") == "1.0"  # archived, not promoted
+
+
+def test_a_worse_candidate_is_refused_with_the_reason(
+    postgres_database: Database, store: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    postgres_url = store_drawings(postgres_database, 300, mnist_dir)
+    report = retrain(
+        postgres_url, store, tmp_path / "results", "--from-scratch", "--mnist-images", "200"
+    )
+    assert report["decision"] == "refused"
+    assert report["reason"].startswith("worse on")
+    assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]

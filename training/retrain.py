@@ -1,0 +1,321 @@
+"""`python -m training.retrain`: the next model version, trained on the drawings people labelled.
+
+Reads the labelled drawings from the app's database (read-only), brings each to MNIST form with
+the handler's own preprocessing, splits them by drawing id into train and holdout, and
+fine-tunes the current model on the train part with MNIST mixed in (so it does not forget
+MNIST). The candidate and the current model are compared on the MNIST test set and on the
+holdout drawings (results/retrain.json, results/retrain.md, results/retrain_confusion.png).
+The candidate is archived as the next version of the model only when it is not worse on MNIST
+and at least as good on the holdout, or with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import MetaData, Table, create_engine, select
+
+from config import PROJECT_ROOT, get_settings
+from handler.preprocessing import InvalidInputError, decode_image, to_mnist_pixels
+from model import versions
+from model.calibration import CalibratedNet, temperature_of
+from model.net import MnistNet
+from model.torchscript import export_torchscript, load_torchscript, save_checkpoint, state_dict_path
+from training import plots
+from training.data import MnistSplit, load_mnist
+from training.train import (
+    TrainConfig,
+    confusion_matrix,
+    evaluate,
+    fit,
+    seed_everything,
+    to_model_input,
+)
+
+RESULTS_JSON, RESULTS_MD, CONFUSION_PLOT = "retrain.json", "retrain.md", "retrain_confusion.png"
+
+
+class NotEnoughDrawingsError(RuntimeError):
+    """Fewer labelled drawings than the threshold; the message says how many more."""
+
+
+@dataclass(frozen=True)
+class Drawings:
+    train: MnistSplit
+    holdout: MnistSplit
+    skipped: int
+
+
+def read_labelled(database_url: str) -> list[tuple[int, bytes, int]]:
+    """(id, image, true label) of every labelled drawing, read in a read-only transaction.
+
+    The app upserts one row per drawing, so its label is the latest one given; a drawing
+    deleted on the History page has no row."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            elif engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("PRAGMA query_only = ON")
+            table = Table("predictions", MetaData(), autoload_with=connection)
+            query = (
+                select(table.c.id, table.c.image_data, table.c.true_label)
+                .where(table.c.true_label.is_not(None))
+                .order_by(table.c.id)
+            )
+            rows = [
+                (int(i), bytes(image), int(label)) for i, image, label in connection.execute(query)
+            ]
+            connection.rollback()
+    finally:
+        engine.dispose()
+    return rows
+
+
+def in_holdout(drawing_id: int, holdout_percent: int) -> bool:
+    """The same drawing always lands on the same side, whatever else is in the database."""
+    digest = hashlib.sha256(f"drawing-{drawing_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < holdout_percent
+
+
+def prepare(rows: list[tuple[int, bytes, int]], holdout_percent: int) -> Drawings:
+    """MNIST-form pixels for every readable drawing, split by id."""
+    sides: dict[bool, tuple[list[np.ndarray], list[int]]] = {True: ([], []), False: ([], [])}
+    skipped = 0
+    for drawing_id, image, label in rows:
+        try:
+            pixels = to_mnist_pixels(decode_image(image))
+        except InvalidInputError:
+            skipped += 1
+            continue
+        images, labels = sides[in_holdout(drawing_id, holdout_percent)]
+        images.append(pixels)
+        labels.append(label)
+
+    def split(holdout: bool) -> MnistSplit:
+        images, labels = sides[holdout]
+        stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+        return MnistSplit(torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64))
+
+    return Drawings(train=split(False), holdout=split(True), skipped=skipped)
+
+
+def training_mix(
+    drawings: MnistSplit, mnist: MnistSplit, mnist_images: int, repeats: int, seed: int
+) -> MnistSplit:
+    """The train drawings, `repeats` times each, among a random sample of MNIST's training set."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(mnist.labels), generator=generator)[:mnist_images]
+    return MnistSplit(
+        images=torch.cat([mnist.images[chosen], drawings.images.repeat(repeats, 1, 1)]),
+        labels=torch.cat([mnist.labels[chosen], drawings.labels.repeat(repeats)]),
+    )
+
+
+def scores(model: Any, mnist_test: MnistSplit, holdout: MnistSplit) -> dict[str, Any]:
+    """Accuracy on MNIST's test set and on the holdout drawings, overall and per digit."""
+    found: dict[str, Any] = {}
+    for name, split in (("mnist_test", mnist_test), ("holdout", holdout)):
+        predictions = evaluate(model, split).predictions if len(split.labels) else torch.zeros(0)
+        matrix = confusion_matrix(split.labels, predictions.long())
+        per_digit = {
+            str(digit): (
+                float(matrix[digit, digit] / matrix[digit].sum()) if matrix[digit].sum() else None
+            )
+            for digit in range(10)
+        }
+        total = int(matrix.sum())
+        found[name] = {
+            "count": total,
+            "accuracy": float(np.trace(matrix) / total) if total else None,
+            "per_digit": per_digit,
+            "confusion": matrix.tolist(),
+        }
+    return found
+
+
+def decide(current: dict[str, Any], candidate: dict[str, Any], force: bool) -> tuple[bool, str]:
+    """Archive only a candidate not worse on MNIST and at least as good on the holdout."""
+    mnist_now, mnist_new = current["mnist_test"]["accuracy"], candidate["mnist_test"]["accuracy"]
+    holdout_now, holdout_new = current["holdout"]["accuracy"], candidate["holdout"]["accuracy"]
+    if mnist_new < mnist_now:
+        reason = f"worse on MNIST's test set ({100 * mnist_new:.2f} % < {100 * mnist_now:.2f} %)"
+    elif holdout_new is None:
+        reason = "no holdout drawings to judge it on"
+    elif holdout_new < holdout_now:
+        reason = (
+            f"worse on the holdout drawings ({100 * holdout_new:.2f} % < {100 * holdout_now:.2f} %)"
+        )
+    else:
+        return True, "not worse on MNIST and at least as good on the holdout drawings"
+    return force, f"{reason}; archived because of --force" if force else reason
+
+
+def archive_candidate(model_file: Path, store: Path, model_name: str, version: str) -> Path:
+    """`python -m serving.archive` for the candidate, saved as ``<name>-<version>.mar``.
+
+    Through the command line: training and serving are separate layers (docs/development.md)."""
+    with tempfile.TemporaryDirectory(prefix="mnist-retrain-") as workspace:
+        command = [
+            sys.executable, "-m", "serving.archive", "--model-file", str(model_file),
+            "--export-path", workspace, "--version", version, "--model-name", model_name,
+        ]  # fmt: skip
+        subprocess.run(command, check=True, cwd=PROJECT_ROOT, capture_output=True, text=True)
+        target = store / versions.archive_name(model_name, version)
+        Path(workspace, f"{model_name}.mar").replace(target)
+    return target
+
+
+def write_report(report: dict[str, Any], results_dir: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / RESULTS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    current, candidate = report["current"], report["candidate"]
+
+    def row(title: str, pick: Any) -> str:
+        shown = [
+            "–" if (v := pick(m)) is None else f"{100 * v:.2f} %" for m in (current, candidate)
+        ]
+        return f"| {title} | {shown[0]} | {shown[1]} |"
+
+    counts = report["drawings"]
+    lines = [
+        "# Retraining from the labelled drawings",
+        "",
+        f"{counts['train']} drawings to train on, {counts['holdout']} held out (by drawing id), "
+        f"{counts['skipped']} unreadable; {report['mix']['mnist_images']} MNIST training images "
+        "mixed in.",
+        "",
+        f"**{report['decision']}**: {report['reason']}.",
+        "",
+        f"| | current ({report['current_version']}) | candidate ({report['candidate_version']}) |",
+        "|---|---|---|",
+        row("MNIST test", lambda m: m["mnist_test"]["accuracy"]),
+        row("holdout drawings", lambda m: m["holdout"]["accuracy"]),
+        *(
+            row(f"holdout digit {d}", lambda m, d=d: m["holdout"]["per_digit"][str(d)])
+            for d in range(10)
+        ),
+        "",
+        f"![Confusion matrices on the holdout drawings]({CONFUSION_PLOT})",
+        "",
+    ]
+    (results_dir / RESULTS_MD).write_text("\n".join(lines))
+    plots.plot_confusion_pair(
+        np.array(current["holdout"]["confusion"]),
+        np.array(candidate["holdout"]["confusion"]),
+        ("current", "candidate"),
+        results_dir / CONFUSION_PLOT,
+    )
+
+
+def retrain(args: argparse.Namespace) -> dict[str, Any]:
+    settings = get_settings()
+    rows = read_labelled(args.database_url or settings.database_url)
+    if len(rows) < args.min_drawings:
+        raise NotEnoughDrawingsError(
+            f"{len(rows)} labelled drawings in the database; retraining needs {args.min_drawings} "
+            f"({args.min_drawings - len(rows)} more). Label drawings on the Draw page."
+        )
+    drawings = prepare(rows, args.holdout_percent)
+    generator = seed_everything(args.seed)
+    mnist_train, mnist_test = load_mnist(args.data_dir or settings.data_dir)
+    current = load_torchscript(args.model_path)
+    config = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed)
+    net = MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout)  # as `make train`
+    if not args.from_scratch:
+        net.load_state_dict(torch.load(state_dict_path(args.model_path), map_location="cpu"))
+    mix = training_mix(drawings.train, mnist_train, args.mnist_images, args.repeats, args.seed)
+    fit(net, mix, mnist_test, config, generator)
+    candidate = CalibratedNet(net.eval(), temperature_of(current)).eval()
+
+    store = args.model_path.parent
+    stamp = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    version = versions.next_version(store, settings.model_name, stamp)
+    current_scores = scores(current, mnist_test, drawings.holdout)
+    candidate_scores = scores(candidate, mnist_test, drawings.holdout)
+    accepted, reason = decide(current_scores, candidate_scores, args.force)
+    report: dict[str, Any] = {
+        "current_version": versions.default_version(store, settings.model_name),
+        "candidate_version": version,
+        "drawings": {
+            "train": len(drawings.train.labels),
+            "holdout": len(drawings.holdout.labels),
+            "skipped": drawings.skipped,
+        },
+        "mix": {"mnist_images": args.mnist_images, "repeats": args.repeats, "epochs": args.epochs},
+        "current": current_scores,
+        "candidate": candidate_scores,
+        "decision": "archived" if accepted else "refused",
+        "reason": reason,
+    }
+    if accepted:
+        model_file = store / f"{args.model_path.stem}-{version}.pt"
+        save_checkpoint(net, model_file)
+        export_torchscript(candidate, model_file, to_model_input(mnist_test.images[:64]))
+        report["archive"] = str(archive_candidate(model_file, store, settings.model_name, version))
+    write_report(report, args.results_dir or settings.results_dir)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--database-url", help="default: the app's database (config/settings.py)")
+    parser.add_argument(
+        "--model-path", type=Path, default=settings.torchscript_path, help="the current model"
+    )
+    parser.add_argument("--min-drawings", type=int, default=100, help="labelled drawings needed")
+    parser.add_argument(
+        "--holdout-percent", type=int, default=20, help="share held out, by drawing id"
+    )
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="new weights, not the current ones"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the mix")
+    parser.add_argument("--learning-rate", type=float, default=0.001, help="peak (one-cycle)")
+    parser.add_argument(
+        "--mnist-images", type=int, default=20000, help="MNIST training images mixed in"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="times each train drawing appears")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--force", action="store_true", help="archive even a worse candidate")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--results-dir", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = retrain(args)
+    except NotEnoughDrawingsError as error:
+        print(error)
+        return 0
+    current, candidate = report["current"], report["candidate"]
+    for name in ("mnist_test", "holdout"):
+        now, new = current[name]["accuracy"], candidate[name]["accuracy"]
+        shown = [("–" if v is None else f"{100 * v:.2f} %") for v in (now, new)]
+        print(f"{name}: current {shown[0]}, candidate {shown[1]} ({current[name]['count']} images)")
+    print(f"Candidate {report['candidate_version']} {report['decision']}: {report['reason']}.")
+    if "archive" in report:
+        print(f"Archived {report['archive']}; serve it with `make stop serve`, then "
+              f"`python -m serving.models promote {report['candidate_version']}`.")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
