@@ -11,16 +11,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlmodel import Session, SQLModel
-
-from client_ui import models  # noqa: F401  (registers the table on SQLModel.metadata)
+from sqlmodel import Session
 
 T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: The migration that describes the table as the app made it before it had migrations.
+FIRST_MIGRATION = "0001"
 
 #: libpq refuses connect timeouts under 2 s (it would round them up anyway).
 MIN_CONNECT_TIMEOUT_S = 2
@@ -67,8 +72,20 @@ class Database:
         )
         self._threads = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="database")
 
-    def create_tables(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+    def migrate(self) -> None:
+        """Bring the tables to the newest migration (client_ui/migrations).
+
+        A database the app made before it had migrations holds the first migration's table
+        without Alembic's record of it: it is marked as at that migration, then upgraded in
+        place, so its rows stay."""
+        with self.engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            tables = inspect(connection)
+            if tables.has_table("predictions") and not tables.has_table("alembic_version"):
+                command.stamp(config, FIRST_MIGRATION)
+            command.upgrade(config, "head")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

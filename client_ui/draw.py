@@ -8,7 +8,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import background_tasks, run, ui
 
 from client_ui import metrics
 from client_ui.canvas import DrawingCanvas, Snapshot
@@ -174,6 +174,34 @@ class DrawPage:
         if sequence == self.sequence:
             self.model_view.set_source(data_url(view) if view else "")
         await self._save(draft)
+        if self.services.shadow_version:
+            background_tasks.create(self._shadow(draft), name="shadow prediction")
+
+    async def _shadow(self, draft: PredictionDraft) -> None:
+        """Ask the candidate version about the same drawing and store its answer beside the live
+        one. Off the person's path: the live answer is already shown, and a failure is logged,
+        never shown."""
+        version = self.services.shadow_version
+        try:
+            answer = await run.io_bound(
+                self.services.model_client.predict, draft.image_data, version=version
+            )
+        except TorchServeError as error:
+            metrics.SHADOW_ANSWERS.labels("failed").inc()
+            log.info("shadow prediction by version %s failed: %s", version, error)
+            return
+        agreed = int(answer["digit"]) == draft.predicted_digit
+        metrics.SHADOW_ANSWERS.labels("agreed" if agreed else "disagreed").inc()
+        current = self.draft
+        if current is None or current.key != draft.key or current.image_data != draft.image_data:
+            return  # the person drew on; the newer drawing gets its own shadow answer
+        self.draft = replace(
+            current,
+            shadow_version=str(answer.get("model_version", version)),
+            shadow_digit=int(answer["digit"]),
+            shadow_confidence=min(max(float(answer["confidence"]), 0.0), 1.0),
+        )
+        await self._save(self.draft)
 
     async def confirm_label(self, digit: int) -> None:
         if self.draft is None:

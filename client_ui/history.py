@@ -44,6 +44,7 @@ class HistoryPage:
                 self.correct_filter = self._filter(
                     "Right/wrong", CORRECTNESS_OPTIONS, "filter-correct"
                 )
+                self.version_filter = self._filter("Model version", {ANY: "any"}, "filter-version")
                 testid(ui.button("Export CSV", icon="download", on_click=self.export), "export-csv")
             self.error = testid(ui.label("").classes("text-red-700 font-bold"), "history-error")
             self.table = ui.column().classes("w-full gap-1")
@@ -67,6 +68,7 @@ class HistoryPage:
             predicted_digit=value(self.predicted_filter),  # type: ignore[arg-type]
             true_label=value(self.label_filter),  # type: ignore[arg-type]
             correctness=value(self.correct_filter),  # type: ignore[arg-type]
+            model_version=value(self.version_filter),  # type: ignore[arg-type]
         )
 
     async def reset_and_load(self) -> None:
@@ -81,20 +83,25 @@ class HistoryPage:
     async def load(self) -> None:
         filters, page = self.filters, self.page
         try:
-            self.total, self.rows = await run.io_bound(
+            self.total, self.rows, known_versions = await run.io_bound(
                 self.services.database.call, lambda session: self._fetch(session, filters, page)
             )
         except DATABASE_DOWN_ERRORS:
             self.error.set_text("The database is unreachable; try again in a moment.")
             return
         self.error.set_text("")
+        versions = {ANY: "any", **{version: version for version in known_versions}}
+        if versions != self.version_filter.options:
+            self.version_filter.set_options(versions, value=self.version_filter.value)
         self._render()
 
     @staticmethod
-    def _fetch(session: Session, filters: Filters, page: int) -> tuple[int, list[Prediction]]:
+    def _fetch(
+        session: Session, filters: Filters, page: int
+    ) -> tuple[int, list[Prediction], list[str]]:
         total = queries.count_predictions(session, filters)
         rows = queries.list_predictions(session, filters, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
-        return total, rows
+        return total, rows, queries.model_versions(session)
 
     def _render(self) -> None:
         pages = max(1, -(-self.total // PAGE_SIZE))
@@ -115,6 +122,7 @@ class HistoryPage:
             ui.label(row.timestamp_utc.strftime("%Y-%m-%d %H:%M:%S UTC")).classes("w-48 text-sm")
             ui.label(f"predicted {row.predicted_digit}").classes("w-24")
             ui.label(f"{row.confidence:.1%}").classes("w-16")
+            ui.label(f"v{row.model_version}").classes("w-32 text-xs text-gray-500 truncate")
             label = ui.select(
                 LABEL_OPTIONS,
                 value=-1 if row.true_label is None else row.true_label,

@@ -43,6 +43,11 @@ SAVE_FAILURES = Counter(
     "Saves the database did not take in time; each waits in the outbox",
 )
 LABELS = Counter("mnist_app_labels_total", "True labels people gave", ["digit"])
+SHADOW_ANSWERS = Counter(
+    "mnist_app_shadow_answers_total",
+    "Answers of the shadow-tested candidate version, by whether it agreed with the live one",
+    ["outcome"],
+)
 OUTBOX_PENDING = Gauge("mnist_app_outbox_pending", "Drawings waiting in the outbox")
 DATABASE_UP = Gauge("mnist_app_database_up", "1 while the database answers, 0 while it does not")
 WORKERS_READY = Gauge("mnist_app_torchserve_workers_ready", "Workers READY for the model")
@@ -58,6 +63,8 @@ for _kind in ERROR_KINDS:
     TORCHSERVE_ERRORS.labels(_kind)
 for _via in ("direct", "outbox"):
     SAVES.labels(_via)
+for _outcome in ("agreed", "disagreed", "failed"):
+    SHADOW_ANSWERS.labels(_outcome)
 
 
 def error_kind(error: TorchServeError) -> str:

@@ -1,4 +1,8 @@
-"""The `predictions` table: one row per drawing, with its ranges enforced by the database."""
+"""The `predictions` table: one row per drawing, with its ranges enforced by the database.
+
+Schema changes go through Alembic (client_ui/migrations); this class and the newest migration
+describe the same table (tests/client_ui/test_migrations.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ class Prediction(SQLModel, table=True):
             "true_label IS NULL OR true_label BETWEEN 0 AND 9", name="ck_predictions_true_label"
         ),
         CheckConstraint("latency_ms >= 0", name="ck_predictions_latency_ms"),
+        CheckConstraint(
+            "shadow_digit IS NULL OR shadow_digit BETWEEN 0 AND 9",
+            name="ck_predictions_shadow_digit",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -34,8 +42,12 @@ class Prediction(SQLModel, table=True):
     confidence: float
     true_label: int | None = Field(default=None)
     image_data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    model_version: str
+    model_version: str = Field(index=True)
     latency_ms: float
+    #: The candidate version's answer to the same drawing (shadow testing), when one was asked.
+    shadow_version: str | None = Field(default=None)
+    shadow_digit: int | None = Field(default=None)
+    shadow_confidence: float | None = Field(default=None)
 
     @property
     def timestamp_utc(self) -> datetime:

@@ -27,6 +27,9 @@ class PredictionDraft:
     model_version: str
     latency_ms: float
     true_label: int | None = None
+    shadow_version: str | None = None
+    shadow_digit: int | None = None
+    shadow_confidence: float | None = None
 
     def row_values(self) -> dict[str, Any]:
         values = asdict(self)

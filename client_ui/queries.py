@@ -6,7 +6,7 @@ import csv
 import io
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, func
@@ -27,9 +27,12 @@ class Filters:
     predicted_digit: int | None = None
     true_label: int | None = None
     correctness: Correctness | None = None
+    model_version: str | None = None
 
     def conditions(self) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
+        if self.model_version is not None:
+            conditions.append(col(Prediction.model_version) == self.model_version)
         if self.predicted_digit is not None:
             conditions.append(col(Prediction.predicted_digit) == self.predicted_digit)
         if self.true_label is not None:
@@ -73,6 +76,17 @@ def delete_prediction(session: Session, row_id: int) -> bool:
 
 def get_prediction(session: Session, row_id: int) -> Prediction | None:
     return session.get(Prediction, row_id)
+
+
+def model_versions(session: Session) -> list[str]:
+    """Every model version that answered a stored drawing, oldest first."""
+    first_seen = func.min(col(Prediction.timestamp))
+    statement = (
+        select(Prediction.model_version)
+        .group_by(col(Prediction.model_version))
+        .order_by(first_seen)
+    )
+    return list(session.exec(statement))
 
 
 def count_predictions(session: Session, filters: Filters = Filters()) -> int:
@@ -134,6 +148,45 @@ def export_csv(session: Session, filters: Filters = Filters()) -> str:
 
 
 @dataclass
+class Tally:
+    """Labelled drawings and how many of them a model read right."""
+
+    labelled: int = 0
+    correct: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    def add(self, right: bool) -> None:
+        self.labelled += 1
+        self.correct += right
+
+
+@dataclass
+class VersionRecord:
+    """One model version's drawings, and its accuracy overall and per UTC day."""
+
+    drawings: int = 0
+    overall: Tally = field(default_factory=Tally)
+    days: dict[date, Tally] = field(default_factory=dict)
+
+
+@dataclass
+class ShadowComparison:
+    """The live versions against the shadow-tested candidate, on the same drawings."""
+
+    candidates: set[str] = field(default_factory=set)
+    #: Drawings that got both answers, and those of them where the two differ.
+    shadowed: int = 0
+    disagreements: int = 0
+    live: Tally = field(default_factory=Tally)
+    candidate: Tally = field(default_factory=Tally)
+    live_per_digit: list[Tally] = field(default_factory=lambda: [Tally() for _ in DIGITS])
+    candidate_per_digit: list[Tally] = field(default_factory=lambda: [Tally() for _ in DIGITS])
+
+
+@dataclass
 class Statistics:
     """Everything the statistics page shows, computed from the labelled and unlabelled rows."""
 
@@ -146,6 +199,8 @@ class Statistics:
     timeline: list[tuple[datetime, float]] = field(default_factory=list)
     confidence_right: list[float] = field(default_factory=list)
     confidence_wrong: list[float] = field(default_factory=list)
+    versions: dict[str, VersionRecord] = field(default_factory=dict)
+    shadow: ShadowComparison = field(default_factory=ShadowComparison)
 
     @property
     def mean_confidence_right(self) -> float | None:
@@ -174,12 +229,19 @@ def compute_statistics(session: Session) -> Statistics:
         Prediction.true_label,
         Prediction.confidence,
         Prediction.timestamp,
+        Prediction.model_version,
+        Prediction.shadow_version,
+        Prediction.shadow_digit,
     )
     stats = Statistics()
     recent: deque[bool] = deque(maxlen=ROLLING_WINDOW)
     rows = session.exec(statement.order_by(col(Prediction.timestamp), col(Prediction.id)))
-    for predicted, label, confidence, stamp in rows:
+    for predicted, label, confidence, stamp, version, shadow_version, shadow_digit in rows:
         stats.total += 1
+        record = stats.versions.setdefault(version, VersionRecord())
+        record.drawings += 1
+        if shadow_digit is not None:
+            _compare(stats.shadow, predicted, shadow_digit, shadow_version, label)
         if label is None:
             continue
         right = label == predicted
@@ -188,8 +250,25 @@ def compute_statistics(session: Session) -> Statistics:
         stats.confusion[label][predicted] += 1
         (stats.confidence_right if right else stats.confidence_wrong).append(confidence)
         recent.append(right)
-        stats.timeline.append((_as_utc(stamp), sum(recent) / len(recent)))
+        stamp = _as_utc(stamp)
+        stats.timeline.append((stamp, sum(recent) / len(recent)))
+        record.overall.add(right)
+        record.days.setdefault(stamp.date(), Tally()).add(right)
     return stats
+
+
+def _compare(
+    shadow: ShadowComparison, live: int, candidate: int, version: str | None, label: int | None
+) -> None:
+    shadow.shadowed += 1
+    shadow.disagreements += live != candidate
+    if version:
+        shadow.candidates.add(version)
+    if label is not None:
+        shadow.live.add(live == label)
+        shadow.candidate.add(candidate == label)
+        shadow.live_per_digit[label].add(live == label)
+        shadow.candidate_per_digit[label].add(candidate == label)
 
 
 def _as_utc(stamp: datetime) -> datetime:

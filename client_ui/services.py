@@ -15,7 +15,7 @@ from serving.client import TorchServeClient
 class ModelClient(Protocol):
     """The part of `serving.client.TorchServeClient` the app uses."""
 
-    def predict(self, image_bytes: bytes) -> dict[str, Any]: ...
+    def predict(self, image_bytes: bytes, *, version: str | None = None) -> dict[str, Any]: ...
 
     def explain(self, image_bytes: bytes) -> dict[str, Any]: ...
 
@@ -38,6 +38,8 @@ class AppServices:
     model_client: ModelClient
     #: For the status panel; the model client when None.
     status_client: ModelClient | None = None
+    #: The candidate version every drawing is also sent to (shadow testing), or None.
+    shadow_version: str | None = None
 
     @property
     def status(self) -> ModelClient:
@@ -53,4 +55,5 @@ class AppServices:
             store=store,
             model_client=TorchServeClient(settings),
             status_client=TorchServeClient(settings, timeout_s=status_timeout_s, retries=0),
+            shadow_version=settings.shadow_model_version,
         )

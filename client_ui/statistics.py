@@ -10,7 +10,7 @@ from nicegui import run, ui
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
 from client_ui.layout import CONNECT_TIMEOUT_S, page_frame, testid
-from client_ui.queries import ROLLING_WINDOW, Statistics
+from client_ui.queries import ROLLING_WINDOW, ShadowComparison, Statistics
 from client_ui.services import AppServices
 from client_ui.status import ServerStatus, fetch_status
 
@@ -62,6 +62,11 @@ async def _fill_statistics(content: ui.column, loading: ui.label, services: AppS
         with ui.row().classes("w-full gap-4 no-wrap"):
             _accuracy_over_time(stats)
             _confidence_chart(stats)
+        with ui.row().classes("w-full gap-4 no-wrap"):
+            _versions_table(stats)
+            _accuracy_per_day_by_version(stats)
+        if stats.shadow.shadowed:
+            _shadow_comparison(stats.shadow)
 
 
 def _status_panel(status: ServerStatus) -> None:
@@ -208,3 +213,95 @@ def _histogram(values: list[float]) -> list[int]:
     for value in values:
         counts[min(int(value * 10), 9)] += 1
     return counts
+
+
+def _versions_table(stats: Statistics) -> None:
+    """Each version's drawings and accuracy: a promotion shows as a new row."""
+    rows = [
+        {
+            "version": version,
+            "drawings": record.drawings,
+            "labelled": record.overall.labelled,
+            "accuracy": _percent(record.overall.accuracy),
+            "first": f"{min(record.days):%Y-%m-%d}" if record.days else "–",
+        }
+        for version, record in stats.versions.items()
+    ]
+    columns = [
+        {"name": name, "label": label, "field": name, "align": "left"}
+        for name, label in (
+            ("version", "Model version"),
+            ("drawings", "Drawings"),
+            ("labelled", "Labelled"),
+            ("accuracy", "Accuracy"),
+            ("first", "First labelled"),
+        )
+    ]
+    with ui.card().classes("flex-1 min-w-[300px]"):
+        ui.label("By model version").classes("font-bold")
+        testid(ui.table(columns=columns, rows=rows, row_key="version"), "versions-table")
+
+
+def _accuracy_per_day_by_version(stats: Statistics) -> None:
+    days = sorted({day for record in stats.versions.values() for day in record.days})
+    series = [
+        {
+            "name": version,
+            "type": "line",
+            "connectNulls": False,
+            "data": [
+                None if (t := record.days.get(day)) is None else round(t.accuracy or 0, 3)
+                for day in days
+            ],
+        }
+        for version, record in stats.versions.items()
+        if record.days
+    ]
+    _chart_card(
+        "Accuracy per day, by model version",
+        {
+            "animation": False,
+            "tooltip": {"trigger": "axis"},
+            "legend": {"data": [line["name"] for line in series]},
+            "xAxis": {"type": "category", "data": [f"{day:%Y-%m-%d}" for day in days]},
+            "yAxis": {"type": "value", "min": 0, "max": 1},
+            "series": series,
+        },
+        "chart-per-version",
+    )
+
+
+def _shadow_comparison(shadow: ShadowComparison) -> None:
+    """Live against the candidate on the same labelled drawings (shadow testing)."""
+    with testid(ui.card().classes("w-full"), "shadow-panel"):
+        candidates = ", ".join(sorted(shadow.candidates)) or "–"
+        ui.label(f"Shadow test: live against candidate {candidates}").classes("font-bold")
+        with ui.row().classes("gap-8"):
+            _figure("Drawings answered by both", str(shadow.shadowed), "shadow-count")
+            _figure("Where they disagree", str(shadow.disagreements), "shadow-disagreements")
+            _figure("Labelled among them", str(shadow.live.labelled), "shadow-labelled")
+            _figure("Live accuracy", _percent(shadow.live.accuracy), "shadow-live-accuracy")
+            _figure(
+                "Candidate accuracy",
+                _percent(shadow.candidate.accuracy),
+                "shadow-candidate-accuracy",
+            )
+        options = {
+            "animation": False,
+            "tooltip": {"trigger": "axis"},
+            "legend": {"data": ["live", "candidate"]},
+            "xAxis": {"type": "category", "data": DIGIT_NAMES},
+            "yAxis": {"type": "value", "min": 0, "max": 1},
+            "series": [
+                {
+                    "name": name,
+                    "type": "bar",
+                    "data": [None if t.accuracy is None else round(t.accuracy, 3) for t in tallies],
+                }
+                for name, tallies in (
+                    ("live", shadow.live_per_digit),
+                    ("candidate", shadow.candidate_per_digit),
+                )
+            ],
+        }
+        testid(ui.echart(options).classes("w-full h-64"), "chart-shadow-per-digit")

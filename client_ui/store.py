@@ -160,7 +160,7 @@ class PredictionStore:
 
     def _create_tables_once(self) -> None:
         if not self._schema_ready:
-            self.database.create_tables()
+            self.database.migrate()
             self._schema_ready = True
 
     def _write(self, draft: PredictionDraft, row_id: int | None) -> int:

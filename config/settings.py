@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # probability below this, or the top two closer than the margin (docs/confidence.md).
     ui_unsure_confidence: Annotated[float, _env("UI_UNSURE_CONFIDENCE"), Field(ge=0, le=1)] = 0.8
     ui_unsure_margin: Annotated[float, _env("UI_UNSURE_MARGIN"), Field(ge=0, le=1)] = 0.5
+    # A candidate version the app also asks about every drawing, off the person's path
+    # (shadow testing); its answers are stored beside the live ones (docs/retraining.md).
+    shadow_model_version: Annotated[str | None, _env("SHADOW_MODEL_VERSION")] = None
 
     reads_process_environment: ClassVar[bool] = True
 

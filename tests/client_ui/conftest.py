@@ -40,19 +40,25 @@ class FakeModelClient:
         self.down = False
         self.delay_s = 0.0
         self.requests: list[bytes] = []
+        #: What a version other than the default answers, and the versions that fail.
+        self.shadow_digit = (digit + 1) % 10
+        self.versions_down: set[str] = set()
+        self.versions_asked: list[str | None] = []
 
-    def predict(self, image_bytes: bytes) -> dict[str, Any]:
-        if self.down:
+    def predict(self, image_bytes: bytes, *, version: str | None = None) -> dict[str, Any]:
+        if self.down or (version is not None and version in self.versions_down):
             raise ServerUnavailableError("connection refused (fake)")
         self.requests.append(image_bytes)
+        self.versions_asked.append(version)
         time.sleep(self.delay_s)
+        digit = self.digit if version is None else self.shadow_digit
         rest = (1 - self.confidence) / 9
-        probabilities = [self.confidence if d == self.digit else rest for d in range(10)]
+        probabilities = [self.confidence if d == digit else rest for d in range(10)]
         return {
-            "digit": self.digit,
+            "digit": digit,
             "confidence": self.confidence,
             "probabilities": probabilities,
-            "model_version": "1.0",
+            "model_version": version or "1.0",
         }
 
     def health(self) -> dict[str, Any]:
@@ -114,7 +120,7 @@ def fake_client() -> FakeModelClient:
 def services(fake_client: FakeModelClient, tmp_path: Path) -> Iterator[AppServices]:
     """The app's services on a fresh SQLite file and the fake model client."""
     app_database = Database(f"sqlite:///{tmp_path / 'app.db'}")
-    app_database.create_tables()
+    app_database.migrate()
     store = PredictionStore(app_database, Outbox(tmp_path / "outbox"))
     yield AppServices(database=app_database, store=store, model_client=fake_client)
     app_database.dispose()

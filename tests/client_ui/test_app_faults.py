@@ -52,7 +52,7 @@ def short_lived_tokens(scripted_model: Path, tmp_path: Path) -> Iterator[Private
 def services(short_lived_tokens: Private, tmp_path: Path) -> Iterator[AppServices]:
     """The app's services on a fresh SQLite file and a real client of the private TorchServe."""
     database = Database(f"sqlite:///{tmp_path / 'app.db'}")
-    database.create_tables()
+    database.migrate()
     client = TorchServeClient(short_lived_tokens.settings)
     yield AppServices(
         database=database,

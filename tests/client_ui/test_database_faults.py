@@ -46,7 +46,7 @@ def private_database(private_postgres: PrivatePostgres) -> Iterator[Database]:
     server = PostgresServer(make_url(private_postgres.url))
     name = server.new_name()
     database = Database(server.create(name), timeout_s=TIMEOUT_S)
-    database.create_tables()
+    database.migrate()
     try:
         yield database
     finally:
