@@ -49,6 +49,10 @@ def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int
 
 @pytest.fixture
 def store(trained_model: Path, tmp_path: Path) -> Path:
+    return model_store(trained_model, tmp_path)
+
+
+def model_store(trained_model: Path, tmp_path: Path) -> Path:
     """A model store holding the session's model as version 1.0, its checkpoint beside it."""
     store = tmp_path / "model_store"
     store.mkdir()
