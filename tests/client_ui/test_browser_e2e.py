@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from client_ui.database import Database
 from config import PROJECT_ROOT
 from serving.server import free_ports
 from tests.conftest import require_or_skip
+from training.drawings import drawings
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.postgres]
 
@@ -240,4 +242,42 @@ def test_an_unsure_drawing_shows_candidates_and_why(
     assert overlay.get_attribute("src").startswith("data:image/png;base64,")
     time.sleep(1)  # let the chart and the overlay finish drawing before the screenshot
     assert browser.save_screenshot(str(screenshots / "screenshot_unsure.png"))
+    browser.set_window_size(1280, 820)
+
+
+def test_statistics_compare_two_versions_and_a_shadow_candidate(
+    browser: WebDriver,
+    app_url: str,
+    postgres_url: str,
+    mnist_dir: Path,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """Drawings answered by version 1.0, then by 2.0 after a promotion with 3.0 shadow-tested:
+    the Statistics page a team reads before the next promotion (docs/retraining.md)."""
+    screenshots = request.config.getoption("--screenshots") or tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    samples = drawings("thick_stroke", 60, data_dir=mnist_dir, seed=2)
+    database = Database(postgres_url)
+    with database.session() as session:
+        for index, (image, label) in enumerate(samples):
+            live_wrong, candidate_wrong = index % 6 == 0, index % 15 == 0
+            promoted = index >= 30
+            shadow = ((label + 2) % 10 if candidate_wrong else label) if promoted else None
+            values = {
+                "timestamp": datetime(2026, 12, 1 + index // 10, 12, tzinfo=timezone.utc),
+                "predicted_digit": (label + 1) % 10 if live_wrong else label,
+                "confidence": 0.9, "true_label": label, "image_data": image,
+                "model_version": "2.0" if promoted else "1.0", "latency_ms": 5.0,
+                "shadow_version": "3.0" if promoted else None,
+                "shadow_digit": shadow,
+            }  # fmt: skip
+            queries.insert_prediction(session, values)
+    database.dispose()
+    browser.set_window_size(1280, 1900)
+    browser.get(f"{app_url}/statistics")
+    wait_for_text(browser, "shadow-count", lambda text: text == "30")
+    assert "2.0" in by_testid(browser, "versions-table").text
+    time.sleep(1)  # let the charts finish drawing before the screenshot
+    assert browser.save_screenshot(str(screenshots / "screenshot_versions.png"))
     browser.set_window_size(1280, 820)
