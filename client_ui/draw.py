@@ -190,6 +190,8 @@ class DrawPage:
             metrics.SHADOW_ANSWERS.labels("failed").inc()
             log.info("shadow prediction by version %s failed: %s", version, error)
             return
+        if answer is None:  # NiceGUI cancels io_bound work when the app stops
+            return
         agreed = int(answer["digit"]) == draft.predicted_digit
         metrics.SHADOW_ANSWERS.labels("agreed" if agreed else "disagreed").inc()
         current = self.draft

@@ -220,6 +220,13 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
     )
 
 
+def current_model_file(model_path: Path, default_version: str | None) -> Path:
+    """The TorchScript file of the default version: a promoted retrained version's own
+    (``mnist_cnn-<version>.pt``, written beside the store's model), else `model_path`."""
+    promoted = model_path.with_name(f"{model_path.stem}-{default_version}.pt")
+    return promoted if default_version and promoted.is_file() else model_path
+
+
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
     settings = get_settings()
     rows = read_labelled(args.database_url or settings.database_url)
@@ -231,23 +238,26 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     drawings = prepare(rows, args.holdout_percent)
     generator = seed_everything(args.seed)
     mnist_train, mnist_test = load_mnist(args.data_dir or settings.data_dir)
-    current = load_torchscript(args.model_path)
+    store = args.model_path.parent
+    current_version = versions.default_version(store, settings.model_name)
+    current_file = current_model_file(args.model_path, current_version)
+    current = load_torchscript(current_file)
     config = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed)
     net = MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout)  # as `make train`
     if not args.from_scratch:
-        net.load_state_dict(torch.load(state_dict_path(args.model_path), map_location="cpu"))
+        net.load_state_dict(torch.load(state_dict_path(current_file), map_location="cpu"))
     mix = training_mix(drawings.train, mnist_train, args.mnist_images, args.repeats, args.seed)
     fit(net, mix, mnist_test, config, generator)
     candidate = CalibratedNet(net.eval(), temperature_of(current)).eval()
 
-    store = args.model_path.parent
     stamp = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
     version = versions.next_version(store, settings.model_name, stamp)
     current_scores = scores(current, mnist_test, drawings.holdout)
     candidate_scores = scores(candidate, mnist_test, drawings.holdout)
     accepted, reason = decide(current_scores, candidate_scores, args.force)
     report: dict[str, Any] = {
-        "current_version": versions.default_version(store, settings.model_name),
+        "current_version": current_version,
+        "current_model": str(current_file),
         "candidate_version": version,
         "drawings": {
             "train": len(drawings.train.labels),
@@ -276,7 +286,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--database-url", help="default: the app's database (config/settings.py)")
     parser.add_argument(
-        "--model-path", type=Path, default=settings.torchscript_path, help="the current model"
+        "--model-path",
+        type=Path,
+        default=settings.torchscript_path,
+        help="`make train`'s model; a promoted version's own file beside it is used instead",
     )
     parser.add_argument("--min-drawings", type=int, default=100, help="labelled drawings needed")
     parser.add_argument(

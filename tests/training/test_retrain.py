@@ -130,3 +130,15 @@ def test_a_worse_candidate_is_refused_with_the_reason(
     assert report["decision"] == "refused"
     assert report["reason"].startswith("worse on")
     assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]
+
+
+def test_after_a_promotion_the_promoted_versions_weights_are_the_current_ones(
+    postgres_database: Database, store: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    url = store_drawings(postgres_database, 300, mnist_dir)
+    first = retrain(url, store, tmp_path / "first", "--force")
+    versions.record_default(store, "mnist", first["candidate_version"])
+    second = retrain(url, store, tmp_path / "second", "--force")
+    assert second["current_version"] == first["candidate_version"]
+    assert second["current_model"].endswith(f"mnist_cnn-{first['candidate_version']}.pt")
+    assert second["candidate_version"].startswith("3.")
