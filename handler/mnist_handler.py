@@ -1,8 +1,10 @@
 """TorchServe handler: one forward pass per batch, one answer (or one 4xx) per request, in order.
 
 Accepted per request: image bytes (PNG, JPEG, BMP, GIF, WebP) as the body or the multipart field
-``data``; JSON ``{"image": "<base64 or data: URL>"}``; JSON ``{"pixels": 28x28 or 784 numbers}``.
-A bad request gets its own status and JSON error; the rest of the batch is answered normally.
+``data``; JSON ``{"image": "<base64 or data: URL>"}``; JSON ``{"pixels": 28x28 or 784 numbers}``;
+KServe's v1 protocol, ``{"instances": [...]}`` with one such object (or ``{"b64": ...}``) per
+digit, answered as ``{"predictions": [...]}``. A bad request gets its own status and JSON error;
+the rest of the batch is answered normally.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from handler.preprocessing import (
 
 logger = logging.getLogger(__name__)
 
+#: What a request becomes: one digit, KServe v1's several, or why it cannot be read.
+Prepared = torch.Tensor | list[torch.Tensor] | InvalidInputError
+
 DEFAULT_TORCH_THREADS = 1
 # Base64 inflates by 4/3; anything longer than this cannot decode to an acceptable image.
 MAX_BASE64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 1024
@@ -48,6 +53,8 @@ BATCHES = "mnist_handler_batches_total"
 PREPROCESS_SECONDS = "mnist_preprocess_seconds"
 # Candidates in each answer's ``top``: the app offers two or three when the model is unsure.
 TOP_CANDIDATES = 3
+# Digits in one KServe v1 request: bounds the share of a batch's work one request can take.
+MAX_INSTANCES = 64
 
 
 def choose_device(system_properties: dict[str, Any]) -> torch.device:
@@ -94,15 +101,28 @@ class MNISTHandler(BaseHandler):
         """
         self.context = context
         prepared = self.preprocess(data)
-        valid = [i for i, item in enumerate(prepared) if isinstance(item, torch.Tensor)]
-        explain = [i for i in valid if context.get_request_header(i, "explain") == "True"]
-        predict = [i for i in valid if i not in explain]
-        answers: dict[int, dict[str, Any]] = {}
-        if predict:
-            probabilities = self.inference(torch.stack([prepared[i] for i in predict]))
-            answers = dict(zip(predict, self.postprocess(probabilities), strict=True))
+        wanted = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
+        for i, item in enumerate(prepared):
+            if wanted[i] and isinstance(item, list):
+                prepared[i] = InvalidInputError("bad_json", "an explanation takes one image")
+        explain = [
+            i for i, item in enumerate(prepared) if wanted[i] and isinstance(item, torch.Tensor)
+        ]
+        predict = [
+            i for i, item in enumerate(prepared)
+            if i not in explain and not isinstance(item, InvalidInputError)
+        ]  # fmt: skip
+        answers: dict[int, Any] = {}
+        digits = [image for i in predict for image in _images(prepared[i])]
+        predicted = self.postprocess(self.inference(torch.stack(digits))) if digits else []
+        remaining = iter(predicted)
+        for i in predict:
+            if isinstance(prepared[i], list):  # KServe v1: one answer per instance
+                answers[i] = {"predictions": [next(remaining) for _ in prepared[i]]}
+            else:
+                answers[i] = next(remaining)
         if explain:
-            batch = torch.stack([prepared[i] for i in explain])
+            batch = torch.stack([prepared[i] for i in explain])  # type: ignore[misc]
             answers.update(zip(explain, self.explain_handle(batch, data), strict=True))
         responses = []
         for index, item in enumerate(prepared):
@@ -111,11 +131,12 @@ class MNISTHandler(BaseHandler):
             else:
                 context.set_response_content_type(index, "application/json")
                 responses.append(answers[index])
-        self._record_batch(len(data), [answers[i] for i in predict], prepared)
+        self._record_batch(len(data), predicted, prepared)
         return responses
 
-    def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor | InvalidInputError]:
-        """Each request -> a 1x28x28 tensor, or the error that explains why it cannot be read."""
+    def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared]:
+        """Each request -> a 1x28x28 tensor (a list of them for KServe's instances), or the
+        error that explains why it cannot be read."""
         started = time.perf_counter()
         prepared = [self._prepare(request) for request in data]
         seconds = (time.perf_counter() - started) / max(1, len(data))
@@ -171,7 +192,7 @@ class MNISTHandler(BaseHandler):
             for item in explained
         ]
 
-    def _prepare(self, request: dict[str, Any]) -> torch.Tensor | InvalidInputError:
+    def _prepare(self, request: dict[str, Any]) -> Prepared:
         try:
             return _tensor_from_request(request)
         except InvalidInputError as error:
@@ -195,7 +216,7 @@ class MNISTHandler(BaseHandler):
         self,
         batch_size: int,
         answers: Any,
-        prepared: list[torch.Tensor | InvalidInputError],
+        prepared: list[Prepared],
     ) -> None:
         model = self.context.model_name
         self._metric(BATCHES).add_or_update(1, [str(batch_size), model])
@@ -211,7 +232,11 @@ class MNISTHandler(BaseHandler):
         return self.context.metrics.get_metric(name, kind)
 
 
-def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor:
+def _images(item: Any) -> list[torch.Tensor]:
+    return item if isinstance(item, list) else [item]
+
+
+def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
     """Find the payload (multipart field ``data`` or the body) and read it by its shape."""
     payload = request.get("data")
     if payload is None:
@@ -253,7 +278,34 @@ def _parse_json(text: str | bytes) -> Any:
         raise InvalidInputError("bad_json", f"the body is not valid JSON: {error}") from error
 
 
-def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor:
+def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
+    if "instances" in payload:
+        return _instances(payload["instances"])
+    return _tensor_from_object(payload)
+
+
+def _instances(instances: Any) -> list[torch.Tensor]:
+    """KServe v1's ``instances``: each an object this handler reads, or ``{"b64": ...}``."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInputError("bad_json", '"instances" must be a non-empty list')
+    if len(instances) > MAX_INSTANCES:
+        raise InvalidInputError(
+            "too_large", f"{len(instances)} instances; one request takes at most {MAX_INSTANCES}"
+        )
+    read = []
+    for index, instance in enumerate(instances):
+        if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
+            instance = {"image": instance["b64"]}
+        if not isinstance(instance, dict):
+            raise InvalidInputError("bad_json", f"instance {index} is not a JSON object")
+        try:
+            read.append(_tensor_from_object(instance))
+        except InvalidInputError as error:
+            raise InvalidInputError(error.reason, f"instance {index}: {error.message}") from error
+    return read
+
+
+def _tensor_from_object(payload: dict[str, Any]) -> torch.Tensor:
     if "pixels" in payload and "image" in payload:
         raise InvalidInputError(
             "bad_json", 'the body has both "image" and "pixels"; send one of them'

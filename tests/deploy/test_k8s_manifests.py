@@ -103,7 +103,9 @@ def test_kserves_schema_refuses_a_broken_inference_service(
 
 
 def test_the_inference_service_uses_kserves_torchserve_runtime_and_our_layout() -> None:
-    model = the("InferenceService", "mnist")["spec"]["predictor"]["model"]
+    isvc = the("InferenceService", "mnist")
+    model = isvc["spec"]["predictor"]["model"]
+    assert "serviceEnvelope" not in isvc["metadata"]["labels"]  # the handler reads KServe v1
     assert model["modelFormat"]["name"] == "pytorch"
     assert model["runtime"] == "kserve-torchserve"
     assert model["protocolVersion"] == "v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,13 @@ def test_answers_list_the_three_likeliest_digits(
         answer["probabilities"][d] for d in ranked
     ]
     assert answer["top"][0] == {"digit": answer["digit"], "probability": answer["confidence"]}
+
+
+def test_an_explanation_of_kserve_instances_is_refused(
+    handler: MNISTHandler, worker_context: WorkerContext, mnist_dir
+) -> None:
+    [(png, _)] = drawings("black_on_white", 1, data_dir=mnist_dir)
+    body = {"instances": [{"b64": base64.b64encode(png).decode()}]}
+    context = explain_flags(worker_context, [True])
+    [answer] = handler.handle([{"body": body}], context)
+    assert context.get_response_status(0)[0] == 400 and "one image" in answer["message"]

@@ -211,3 +211,44 @@ def test_the_handler_module_has_one_class_for_torchserve() -> None:
     import handler.mnist_handler as module
 
     assert list_classes_from_module(module) == [MNISTHandler]
+
+
+def test_kserve_v1_instances_get_one_prediction_each_beside_plain_requests(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    predictor: MNISTPredictor,
+    samples: list[tuple[bytes, int]],
+    mnist_test,
+) -> None:
+    images, _ = mnist_test
+    png = [data for data, _ in samples]
+    instances = {
+        "instances": [
+            {"image": base64.b64encode(png[0]).decode()},
+            {"b64": base64.b64encode(png[1]).decode()},
+            {"pixels": images[0].tolist()},
+        ]
+    }
+    batch = [{"body": png[2]}, {"body": json.dumps(instances).encode()}, {"body": png[3]}]
+    [(first, plain), (status, answer), (last, other)] = run_batch(handler, worker_context, batch)
+    assert (first, status, last) == (200, 200, 200)
+    expected = [predictor.predict(item).digit for item in (png[0], png[1], images[0])]
+    assert [p["digit"] for p in answer["predictions"]] == expected
+    assert plain["digit"] == predictor.predict(png[2]).digit
+    assert other["digit"] == predictor.predict(png[3]).digit
+
+
+@pytest.mark.parametrize(
+    ("instances", "status", "message"),
+    [
+        ([], 400, "non-empty list"),
+        ([{"image": "bm90IGFuIGltYWdl"}, {"pixels": [1] * 783}], 400, "instance 0"),
+        ([{"pixels": [9] * 784}] * 65, 413, "at most 64"),
+        (["just text"], 400, "instance 0 is not a JSON object"),
+    ],
+)
+def test_bad_kserve_instances_get_a_4xx_naming_the_instance(
+    handler: MNISTHandler, worker_context: WorkerContext, instances: list, status: int, message: str
+) -> None:
+    [(got, answer)] = run_batch(handler, worker_context, [{"body": {"instances": instances}}])
+    assert got == status and message in answer["message"]

@@ -5,6 +5,7 @@ runtime serves it: `torchserve --start --model-store=<root>/model-store
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -82,6 +83,9 @@ def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str,
         "TMPDIR": str(tmp_path),
         "LOG_LOCATION": str(tmp_path / "logs"),
         "METRICS_LOCATION": str(tmp_path / "logs"),
+        # What KServe's runtime sets from the InferenceService's `serviceEnvelope` label, which
+        # deploy/k8s leaves out: the handler reads KServe's v1 instances itself.
+        "TS_SERVICE_ENVELOPE": "",
     }
     kserve_command = [
         str(TORCHSERVE), "--start", f"--model-store={root}/model-store",
@@ -121,6 +125,15 @@ def test_torchserve_serves_the_layout_with_kserves_command_line(
     print(f"\nKServe layout: {correct} of {len(samples)} drawings read right")
     assert correct >= 17  # the session's model is trained for one epoch only
     assert {answer["model_version"] for answer in answers} == {answers[0]["model_version"]}
+    # KServe's v1 protocol, as KServe's runtime forwards it to TorchServe's own v1 route.
+    instances = [{"b64": base64.b64encode(image).decode()} for image, _ in samples[:5]]
+    v1 = requests.post(
+        f"{kserve_torchserve['inference']}/v1/models/mnist:predict",
+        json={"instances": instances},
+        timeout=30,
+    )
+    assert v1.status_code == 200, v1.text
+    assert [p["digit"] for p in v1.json()["predictions"]] == [a["digit"] for a in answers[:5]]
     scrape = requests.get(f"{kserve_torchserve['metrics']}/metrics", timeout=10).text
     assert "ts_inference_requests_total" in scrape
     assert "mnist_predictions_total" in scrape
