@@ -34,6 +34,8 @@ class Prediction(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    #: The drawing's own key (its outbox file): a restarted app finds the row it wrote.
+    drawing_key: str | None = Field(default=None, index=True, unique=True)
     timestamp: datetime = Field(
         default_factory=utc_now,
         sa_column=Column(DateTime(timezone=True), nullable=False, index=True),

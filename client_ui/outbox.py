@@ -33,7 +33,7 @@ class PredictionDraft:
 
     def row_values(self) -> dict[str, Any]:
         values = asdict(self)
-        del values["key"]
+        values["drawing_key"] = values.pop("key")
         return values
 
 

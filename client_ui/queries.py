@@ -57,6 +57,12 @@ def insert_prediction(session: Session, values: dict[str, Any]) -> int:
     return row.id
 
 
+def row_id_for_key(session: Session, drawing_key: str) -> int | None:
+    """The row a drawing was written to, by its key (None before its first write)."""
+    statement = select(Prediction.id).where(col(Prediction.drawing_key) == drawing_key)
+    return session.exec(statement).first()
+
+
 def update_prediction(session: Session, row_id: int, values: dict[str, Any]) -> bool:
     """Overwrite a row's fields; False when the row is gone."""
     result = session.execute(

@@ -164,10 +164,15 @@ class PredictionStore:
             self._schema_ready = True
 
     def _write(self, draft: PredictionDraft, row_id: int | None) -> int:
-        """Insert the drawing's first row, then update that row; RowDeletedError once it is gone."""
+        """Insert the drawing's first row, then update that row; RowDeletedError once it is gone.
+
+        Without a known row id the row is first looked up by the drawing's key: an app killed
+        after the database took the row, but before it recorded that, updates it on restart."""
         self._create_tables_once()
         values = draft.row_values()
         with self.database.session() as session:
+            if row_id is None:
+                row_id = queries.row_id_for_key(session, draft.key)
             if row_id is None:
                 return queries.insert_prediction(session, values)
             if not queries.update_prediction(session, row_id, values):

@@ -45,7 +45,7 @@ def test_table_has_the_agreed_columns(database: Database) -> None:
     assert columns == {
         "id", "timestamp", "predicted_digit", "confidence", "true_label",
         "image_data", "model_version", "latency_ms",
-        "shadow_version", "shadow_digit", "shadow_confidence",
+        "shadow_version", "shadow_digit", "shadow_confidence", "drawing_key",
     }  # fmt: skip
 
 

@@ -93,7 +93,7 @@ def test_a_database_from_before_migrations_upgrades_in_place(empty_url: str) -> 
         "predicted_digit": 3, "true_label": 5, "model_version": "1.0",
     }  # fmt: skip
     assert kept["shadow_version"] is None and kept["shadow_digit"] is None
-    assert version == "0002"
+    assert version == "0003"
     assert schema_differences(empty_url) == []
 
 

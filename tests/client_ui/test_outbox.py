@@ -102,6 +102,20 @@ def test_later_saves_of_a_drawing_update_its_row(sqlite_database: Database, tmp_
     assert store.pending_count() == 0
 
 
+def test_an_app_killed_after_the_database_took_a_row_updates_it_on_restart(
+    database: Database, tmp_path: Path
+) -> None:
+    """The database took the drawing's row, but the app died before it removed the outbox
+    file (the file still has no row id): the restarted app finds the row by the drawing's key."""
+    outbox = Outbox(tmp_path / "outbox")
+    first = draft("d4", predicted=2)
+    assert PredictionStore(database, outbox).save(first) is SaveOutcome.SAVED
+    outbox.put(replace(first, true_label=2), row_id=None)  # what the killed app left behind
+    restarted = PredictionStore(database, outbox)
+    assert restarted.flush() == 1
+    assert rows(database) == [(2, 2)]
+
+
 def delete_row(database: Database, row_id: int) -> None:
     with database.session() as session:
         assert queries.delete_prediction(session, row_id)
