@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
+from config import normalise_database_url
+
 T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -41,19 +43,6 @@ class DatabaseTimeoutError(Exception):
 DATABASE_DOWN_ERRORS = (OperationalError, InterfaceError, DatabaseTimeoutError)
 
 
-def normalise_url(url: str) -> str:
-    """`postgres://` and `postgresql://` mean psycopg2, the driver the project ships.
-
-    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
-    """
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    return parsed.render_as_string(hide_password=False)
-
-
 class Database:
     """Owns the engine; every caller works inside `session()`, which commits or rolls back.
 
@@ -62,7 +51,7 @@ class Database:
     """
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
-        self.url = normalise_url(url)
+        self.url = normalise_database_url(url)
         self.timeout_s = timeout_s
         self.engine: Engine = create_engine(
             self.url,

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
@@ -142,6 +143,20 @@ class _GivenEnvironment(Settings):
     """Settings from an explicit mapping and `.env`, ignoring the process environment."""
 
     reads_process_environment: ClassVar[bool] = False
+
+
+def normalise_database_url(url: str) -> str:
+    """`postgres://` and `postgresql://` mean psycopg2, the driver the project ships, for the
+    app and for retraining alike.
+
+    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
 
 
 def load_settings(

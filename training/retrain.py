@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sqlalchemy import MetaData, Table, create_engine, select
 
-from config import PROJECT_ROOT, get_settings
+from config import PROJECT_ROOT, get_settings, normalise_database_url
 from handler.preprocessing import InvalidInputError, decode_image, to_mnist_pixels
 from model import versions
 from model.calibration import CalibratedNet, temperature_of
@@ -62,7 +62,7 @@ def read_labelled(database_url: str) -> list[tuple[int, bytes, int]]:
 
     The app upserts one row per drawing, so its label is the latest one given; a drawing
     deleted on the History page has no row."""
-    engine = create_engine(database_url)
+    engine = create_engine(normalise_database_url(database_url))
     try:
         with engine.connect() as connection:
             if engine.dialect.name == "postgresql":

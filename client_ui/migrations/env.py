@@ -8,8 +8,7 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 from client_ui import models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from client_ui.database import normalise_url
-from config import get_settings
+from config import get_settings, normalise_database_url
 
 target_metadata = SQLModel.metadata
 
@@ -24,7 +23,7 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run_migrations(connection)
 else:
-    engine = create_engine(normalise_url(get_settings().database_url))
+    engine = create_engine(normalise_database_url(get_settings().database_url))
     with engine.connect() as opened:
         run_migrations(opened)
     engine.dispose()

@@ -15,7 +15,7 @@ from model import versions
 from model.torchscript import state_dict_path
 from serving.archive import build_archive
 from training.drawings import drawings
-from training.retrain import in_holdout, main
+from training.retrain import in_holdout, main, read_labelled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -75,6 +75,17 @@ def test_the_split_by_drawing_id_is_stable_and_near_the_share() -> None:
     sides = [in_holdout(drawing_id, 20) for drawing_id in range(1, 2001)]
     assert sides == [in_holdout(drawing_id, 20) for drawing_id in range(1, 2001)]
     assert 0.17 < sum(sides) / len(sides) < 0.23
+
+
+def test_a_plain_postgresql_url_reads_with_the_projects_driver(
+    postgres_database: Database, mnist_dir: Path
+) -> None:
+    """`postgresql://...` as README and docs/app.md write it (SQLAlchemy alone would pick
+    psycopg 3, which the project does not ship)."""
+    url = store_drawings(postgres_database, 12, mnist_dir)
+    plain = url.replace("postgresql+psycopg2://", "postgresql://", 1)
+    assert plain.startswith("postgresql://")
+    assert len(read_labelled(plain)) == 12
 
 
 def test_too_few_drawings_says_how_many_more_and_archives_nothing(
