@@ -201,7 +201,7 @@ class DrawPage:
             current,
             shadow_version=str(answer.get("model_version", version)),
             shadow_digit=int(answer["digit"]),
-            shadow_confidence=min(max(float(answer["confidence"]), 0.0), 1.0),
+            shadow_confidence=_probability(answer["confidence"]),
         )
         await self._save(self.draft)
 
@@ -295,12 +295,17 @@ def _draft_from_answer(
         key=key,
         timestamp=utc_now(),
         predicted_digit=int(answer["digit"]),
-        # float32 softmax can overshoot 1 by an ulp; the database's CHECK would refuse it
-        confidence=min(max(float(answer["confidence"]), 0.0), 1.0),
+        confidence=_probability(answer["confidence"]),
         image_data=png,
         model_version=str(answer.get("model_version", "unknown")),
         latency_ms=latency_ms,
     )
+
+
+def _probability(value: Any) -> float:
+    """A confidence clamped to 0-1: float32 softmax can overshoot 1 by an ulp, and the
+    database's CHECK would refuse it."""
+    return min(max(float(value), 0.0), 1.0)
 
 
 def _server_problem(error: Exception) -> str:

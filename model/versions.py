@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = re.compile(r"^(\d+)\.(\d+)$")
+#: The major number `version_key` gives a version not of the form ``<major>.<number>``.
+UNNUMBERED = 1 << 62
 
 
 class VersionError(ValueError):
@@ -45,13 +47,13 @@ def archives(store: Path, model_name: str) -> list[Archive]:
 def version_key(version: str) -> tuple[int, ...]:
     """Sort key: ``2.20261204093000`` after ``1.20261231000000``; other forms last, by text."""
     match = VERSION.match(version)
-    return (int(match[1]), int(match[2])) if match else (1 << 62, 0)
+    return (int(match[1]), int(match[2])) if match else (UNNUMBERED, 0)
 
 
 def next_version(store: Path, model_name: str, stamp: str) -> str:
     """One major version above the newest in the store: ``<major + 1>.<stamp>``."""
     majors = [version_key(archive.version)[0] for archive in archives(store, model_name)]
-    known = [major for major in majors if major < 1 << 62]
+    known = [major for major in majors if major != UNNUMBERED]
     return f"{max(known, default=0) + 1}.{stamp}"
 
 
@@ -84,23 +86,30 @@ def record_default(store: Path, model_name: str, version: str) -> None:
     """Append `version` to the history of defaults (after checking it is in the store)."""
     if version not in {archive.version for archive in archives(store, model_name)}:
         raise VersionError(f"{model_name} has no version {version} in {store}")
-    history = default_history(store, model_name)
     current = default_version(store, model_name)
-    if not history and current is not None:
-        history = [current]
+    history = default_history(store, model_name) or ([current] if current else [])
     if history[-1:] != [version]:
         history.append(version)
-    defaults_file(store, model_name).write_text(json.dumps({"defaults": history}, indent=2) + "\n")
+    _write_history(store, model_name, history)
+
+
+def previous_default(store: Path, model_name: str) -> str:
+    """The default before the current one: what a rollback returns to."""
+    history = default_history(store, model_name)
+    if len(history) < 2:
+        raise VersionError(f"{model_name} has no earlier default to roll back to")
+    return history[-2]
 
 
 def forget_default(store: Path, model_name: str) -> str:
     """Drop the current default from the history; returns the one before it (the rollback)."""
-    history = default_history(store, model_name)
-    if len(history) < 2:
-        raise VersionError(f"{model_name} has no earlier default to roll back to")
-    history.pop()
+    previous = previous_default(store, model_name)
+    _write_history(store, model_name, default_history(store, model_name)[:-1])
+    return previous
+
+
+def _write_history(store: Path, model_name: str, history: list[str]) -> None:
     defaults_file(store, model_name).write_text(json.dumps({"defaults": history}, indent=2) + "\n")
-    return history[-1]
 
 
 def load_order(store: Path, model_name: str) -> list[Path]:

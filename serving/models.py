@@ -42,11 +42,10 @@ def promote(client: TorchServeClient, settings: Settings, version: str) -> None:
 
 
 def rollback(client: TorchServeClient, settings: Settings) -> str:
-    previous = versions.default_history(settings.model_store, settings.model_name)[-2:-1]
-    if not previous:
-        raise versions.VersionError(f"{settings.model_name} has no earlier default to roll back to")
-    client.set_default(previous[0])
-    return versions.forget_default(settings.model_store, settings.model_name)
+    previous = versions.previous_default(settings.model_store, settings.model_name)
+    client.set_default(previous)  # the record changes only once TorchServe has taken it
+    versions.forget_default(settings.model_store, settings.model_name)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
