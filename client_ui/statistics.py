@@ -38,6 +38,8 @@ def register(services: AppServices) -> None:
 
 async def _fill_status(panel: ui.card, waiting: ui.label, services: AppServices) -> None:
     status = await run.io_bound(fetch_status, services.status)
+    if status is None:  # NiceGUI cancels io_bound work when the app stops
+        return
     waiting.delete()
     with panel:
         _status_panel(status)

@@ -15,7 +15,7 @@ from nicegui import ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
-from client_ui import main, queries
+from client_ui import main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
 from client_ui.draw import DELETED_TEXT, PENDING_TEXT
@@ -353,3 +353,25 @@ async def test_statistics_page_says_when_the_model_server_hangs(
 
 def _texts(user: User) -> str:
     return " ".join(str(getattr(element, "text", "")) for element in user.find(ui.label).elements)
+
+
+async def test_statistics_page_survives_a_status_fetch_cancelled_at_shutdown(
+    user: User,
+    services: AppServices,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_io_bound = statistics.run.io_bound
+
+    async def cancelled_status(function, *args, **kwargs):
+        """NiceGUI's io_bound answers None for work it cancels when the app stops."""
+        if function is statistics.fetch_status:
+            return None
+        return await real_io_bound(function, *args, **kwargs)
+
+    monkeypatch.setattr(statistics.run, "io_bound", cancelled_status)
+    add_rows(services.database, [(3, 3)])
+    await user.open("/statistics")
+    await user.should_see("1", marker="count-total")
+    await asyncio.sleep(0.2)
+    assert "NoneType" not in caplog.text
