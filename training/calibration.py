@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from handler.preprocessing import decode_image, preprocess
+from handler.preprocessing import decode_image, normalise, preprocess, to_mnist_pixels
 from model.calibration import CalibratedNet
 from model.net import MnistNet
 from model.torchscript import export_torchscript, state_dict_path
@@ -32,6 +35,9 @@ RELIABILITY_PLOT = "reliability.png"
 DEFAULT_HOLDOUT = 5000
 DEFAULT_DRAWINGS = 5000
 EVAL_BATCH = 1000
+# Drawing and preprocessing a canvas takes milliseconds, most of calibration's time: above this
+# many drawings per core, each core draws its own share (docs/performance.md, "Training").
+DRAWINGS_PER_WORKER = 1000
 # Confidence bands of the reliability table and of the ECE: finer near the top, where most
 # answers are, and wide enough below that a band holds more than a handful of answers.
 BAND_EDGES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -161,12 +167,26 @@ def mnist_inputs(images: torch.Tensor) -> torch.Tensor:
 def drawn_inputs(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Each digit redrawn in the next of ``training.drawings``' styles, encoded, then decoded
     and preprocessed exactly as the handler does: what the app's users send."""
+    workers = min(os.cpu_count() or 1, math.ceil(len(images) / DRAWINGS_PER_WORKER))
+    shares = np.array_split(np.arange(len(images)), workers)
+    seeds = np.random.SeedSequence(seed).spawn(len(shares))
+    jobs = [(images[share].numpy(), int(share[0])) for share in shares]
+    if len(jobs) == 1:
+        pixels = [_draw_share(*jobs[0], seeds[0])]
+    else:
+        with ProcessPoolExecutor(len(jobs)) as pool:
+            pixels = list(pool.map(_draw_share, *zip(*jobs, strict=True), seeds))
+    return torch.stack([normalise(digit) for share in pixels for digit in share])
+
+
+def _draw_share(digits: np.ndarray, first: int, seed: np.random.SeedSequence) -> list[np.ndarray]:
+    """What the model sees for these digits, the i-th of the whole set in style i mod n."""
     rng = np.random.default_rng(seed)
     styles = [STYLES[name] for name in sorted(STYLES)]
-    return torch.stack([
-        preprocess(decode_image(render_drawing(image.numpy(), styles[i % len(styles)], rng)))
-        for i, image in enumerate(images)
-    ])  # fmt: skip
+    return [
+        to_mnist_pixels(decode_image(render_drawing(digit, styles[(first + i) % len(styles)], rng)))
+        for i, digit in enumerate(digits)
+    ]
 
 
 def held_out(train: MnistSplit, holdout: int) -> MnistSplit:

@@ -114,8 +114,10 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     soft = Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC)
     edge, dilation = _STROKES[style.stroke]
-    if dilation:
-        soft = soft.filter(ImageFilter.MaxFilter(dilation))
+    # A square maximum of size 2k+1 is k successive 3x3 ones: the same pixels, several times
+    # faster than Pillow's filter of the full size.
+    for _ in range(dilation // 2):
+        soft = soft.filter(ImageFilter.MaxFilter(3))
     coverage = np.clip((np.asarray(soft, dtype=np.float32) - edge) * 6 + 128, 0, 255)
     return _fit(coverage.astype(np.uint8), style.canvas)
 
@@ -174,12 +176,15 @@ def _paint(
         rgba[..., 3] = coverage
         rgba[coverage == 0, :3] = 0
         return Image.fromarray(rgba)
-    alpha = coverage[..., None].astype(np.float32) / 255
-    rgb = np.asarray(ink, np.float32) * alpha + np.asarray(background, np.float32) * (1 - alpha)
-    return Image.fromarray(np.rint(rgb).astype(np.uint8))
+    size = coverage.shape[::-1]
+    return Image.composite(
+        Image.new("RGB", size, ink), Image.new("RGB", size, background), Image.fromarray(coverage)
+    )
 
 
 def _encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=image_format, **({"quality": 75} if image_format == "JPEG" else {}))
+    # The fastest PNG compression: the same pixels, a larger file, a fraction of the time.
+    options = {"quality": 75} if image_format == "JPEG" else {"compress_level": 1}
+    image.save(buffer, format=image_format, **options)
     return buffer.getvalue()

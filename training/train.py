@@ -31,6 +31,9 @@ from training.data import MnistSplit, load_mnist
 TARGET_ACCURACY = 0.99
 EVAL_BATCH_SIZE = 1000
 EXPORT_CHECK_BATCH = 64
+# Training runs the convolutions channels-last: oneDNN's backward pass is much faster in that
+# layout on the CPU (docs/performance.md, "Training"); the saved model is contiguous again.
+CHANNELS_LAST = torch.channels_last
 
 # Augmentation ranges. MNIST digits are centred by mass and size-normalised; people's drawings
 # reach the model through the same recipe but keep their slant, proportions, wobble and pen
@@ -226,7 +229,7 @@ def train_epoch(
             pixels = random_stroke_width(random_low_resolution(pixels, generator), generator)
             pixels = random_warp(pixels, generator)
         labels = data.labels[index]
-        logits = model(standardise(pixels))
+        logits = model(standardise(pixels).contiguous(memory_format=CHANNELS_LAST))
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,7 +281,9 @@ def fit(
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[list[dict], Evaluation]:
-    """Train for ``config.epochs``, evaluating on ``test`` after each; returns the history."""
+    """Train for ``config.epochs``, evaluating on ``test`` after each; returns the history.
+    The model trains channels-last and comes back in the usual contiguous layout."""
+    model.to(memory_format=CHANNELS_LAST)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     steps_per_epoch = math.ceil(len(train.labels) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -310,6 +315,7 @@ def fit(
             f"{record['seconds']:.1f} s",
             flush=True,
         )
+    model.to(memory_format=torch.contiguous_format)
     return epochs, evaluation
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import training.calibration
 from model.calibration import CalibratedNet, temperature_of
 from model.net import MnistNet
 from model.predictor import MNISTPredictor
@@ -16,6 +17,7 @@ from training.calibration import (
     CALIBRATION_FILE,
     RELIABILITY_PLOT,
     calibrate,
+    drawn_inputs,
     fit_temperature,
     reliability,
     unsure_rules,
@@ -122,3 +124,19 @@ def test_calibrate_fits_on_held_out_digits_and_re_exports_the_model(
     assert written["evaluations"]["mnist_test"]["after"]["count"] == 10_000
     assert written["unsure_rules"]
     assert (tmp_path / "results" / RELIABILITY_PLOT).stat().st_size > 0
+
+
+def test_drawings_shared_out_to_worker_processes_come_back_in_order_and_repeatable(
+    mnist_test, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = torch.from_numpy(mnist_test[0][:12])
+    alone = drawn_inputs(images[:1])
+    monkeypatch.setattr(training.calibration, "DRAWINGS_PER_WORKER", 4)
+
+    shared = drawn_inputs(images)
+
+    assert shared.shape == (12, 1, 28, 28)
+    assert torch.equal(shared, drawn_inputs(images))
+    assert not torch.equal(shared, drawn_inputs(images, seed=1))
+    # The first share starts with the first digit and the first seed, as a single process does.
+    assert torch.equal(shared[:1], alone)
