@@ -6,7 +6,9 @@ sends every MNIST test digit (as a PNG) and `--per-style` drawings of each style
 The drawn digits are spread evenly over the test set (MNIST's first test digits are harder than
 its last), and the same digits sent as plain MNIST PNGs are measured too, so what a style
 costs is told apart from how hard its digits are.
-`make accuracy` runs it on the trained model; `--model-path` compares another one.
+`make accuracy` runs it on the trained model; `--model-path` compares another one, and
+`--per-style 5000 --styles ...` measures the weak styles finely enough to judge a target
+(docs/drawings.md).
 """
 
 from __future__ import annotations
@@ -48,7 +50,13 @@ def served_accuracy(client: TorchServeClient, samples: Sequence[tuple[bytes, int
     return correct / len(samples)
 
 
-def measure(model_path: Path, per_style: int, seed: int, data_dir: Path) -> dict[str, float]:
+def measure(
+    model_path: Path,
+    per_style: int,
+    seed: int,
+    data_dir: Path,
+    styles: Sequence[str] = tuple(STYLES),
+) -> dict[str, float]:
     """MNIST test accuracy and accuracy per style, all through one private TorchServe."""
     images, labels = load_mnist_test(data_dir)
     with tempfile.TemporaryDirectory(prefix="mnist-accuracy-") as workdir:
@@ -61,7 +69,7 @@ def measure(model_path: Path, per_style: int, seed: int, data_dir: Path) -> dict
                 "mnist_test": served_accuracy(client, plain),
                 "mnist_same_digits": served_accuracy(client, plain[: per_style * every : every]),
             }
-            for style in STYLES:
+            for style in styles:
                 samples = drawings(style, per_style, data_dir=data_dir, seed=seed, every=every)
                 figures[style] = served_accuracy(client, samples)
                 print(f"  {style:26s} {100 * figures[style]:.2f} %", flush=True)
@@ -93,14 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-path", type=Path, default=settings.torchscript_path)
     parser.add_argument("--per-style", type=int, default=1000, help="drawings per style")
     parser.add_argument("--seed", type=int, default=0, help="drawing randomness")
+    parser.add_argument(
+        "--styles", default=",".join(STYLES), help="comma-separated styles (default: all)"
+    )
     parser.add_argument("--results-dir", type=Path, default=settings.results_dir)
     args = parser.parse_args(argv)
+    styles = [name.strip() for name in args.styles.split(",") if name.strip()]
+    if not styles:
+        parser.error("--styles names no style")
+    if unknown := sorted(set(styles) - set(STYLES)):
+        parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
     if not 1 <= args.per_style <= MNIST_TEST_COUNT:
         parser.error(f"--per-style must be from 1 to {MNIST_TEST_COUNT}")
     if not args.model_path.is_file():
         print(f"error: no model at {args.model_path}: run `make train` first")
         return 1
-    figures = measure(args.model_path, args.per_style, args.seed, settings.data_dir)
+    figures = measure(args.model_path, args.per_style, args.seed, settings.data_dir, styles)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "model": str(args.model_path),
