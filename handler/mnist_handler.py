@@ -148,8 +148,9 @@ class MNISTHandler(BaseHandler):
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """One forward pass for the whole batch; returns Nx10 probabilities on the CPU.
 
-        A calibrated model file divides its logits by the fitted temperature itself
-        (``model.calibration.CalibratedNet``), so these probabilities are calibrated.
+        The model file reads each digit as given and upright and divides by the fitted
+        temperature itself (``model.calibration.served_model``), so these probabilities are
+        calibrated.
         """
         with torch.inference_mode():
             logits = self.model(batch.to(self.device))

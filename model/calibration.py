@@ -1,16 +1,18 @@
-"""Temperature scaling carried inside the exported model, so every consumer applies it alike.
+"""What the exported model file holds, so every consumer reads digits and confidence alike.
 
-The network's logits are divided by a temperature T fitted on held-out data (see
-``training.calibration``). Exporting ``CalibratedNet`` instead of the bare net puts T into the
-TorchScript file as a buffer: TorchServe's handler and ``MNISTPredictor`` take the softmax of
-whatever the file returns, so both show the same calibrated probabilities with no extra file to
-pack, find or keep in step with the model.
+``served_model`` wraps the network in ``UprightAveraged`` (each digit read as given and
+straightened) and ``CalibratedNet``, whose temperature T is fitted on held-out data (see
+``training.calibration``). T travels in the TorchScript file as a buffer: TorchServe's handler
+and ``MNISTPredictor`` take the softmax of whatever the file returns, so both show the same
+calibrated probabilities with no extra file to pack, find or keep in step with the model.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from model.upright import UprightAveraged
 
 
 class CalibratedNet(nn.Module):
@@ -25,6 +27,12 @@ class CalibratedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) / self.temperature
+
+
+def served_model(net: nn.Module, temperature: float = 1.0) -> CalibratedNet:
+    """The form every exported model file takes: ``net`` reading each digit as given and
+    upright, the averaged log-probabilities divided by ``temperature``."""
+    return CalibratedNet(UprightAveraged(net), temperature)
 
 
 def temperature_of(model: nn.Module | torch.jit.ScriptModule) -> float:

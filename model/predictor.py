@@ -36,8 +36,9 @@ def predictions_from_logits(logits: torch.Tensor) -> list[Prediction]:
 class MNISTPredictor:
     """Loads a TorchScript MNIST model once; predicts images, arrays, tensors or encoded bytes.
 
-    The probabilities are the handler's: a calibrated model file applies its temperature
-    itself (``model.calibration.CalibratedNet``); ``temperature`` says which one it carries.
+    The probabilities are the handler's: the model file reads each digit as given and upright
+    and applies its temperature itself (``model.calibration.served_model``); ``temperature``
+    says which one it carries.
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device | None = None) -> None:

@@ -2,9 +2,10 @@
 
 ``python -m training`` trains on all but the last ``holdout`` MNIST training images and then
 calls ``calibrate``: it fits one temperature T on those held-out digits, both as MNIST has them
-and redrawn like canvas drawings (``training.drawings``), re-exports the model as
-``CalibratedNet`` so the TorchScript file carries T, and writes ``results/calibration.json``
-and ``results/reliability.png``. The MNIST test set is only ever used to evaluate, never to fit.
+and redrawn like canvas drawings (``training.drawings``), re-exports the model in its served
+form (``model.calibration.served_model``) so the TorchScript file carries T, and writes
+``results/calibration.json`` and ``results/reliability.png``. The MNIST test set is only ever
+used to evaluate, never to fit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from handler.preprocessing import decode_image, normalise, preprocess, to_mnist_pixels
-from model.calibration import CalibratedNet
+from model.calibration import served_model
 from model.net import MnistNet
 from model.torchscript import export_torchscript, state_dict_path
 from training.data import MnistSplit, load_mnist
@@ -204,15 +205,15 @@ def calibrate(
     """Fit T on the held-out digits, re-export the model with T inside, write the figures."""
     net = MnistNet()
     net.load_state_dict(torch.load(state_dict_path(model_path), map_location="cpu"))
-    net.eval()
+    uncalibrated = served_model(net.eval()).eval()
     train, test = load_mnist(data_dir)
     fit_split = held_out(train, holdout)
     fit_inputs = torch.cat(
         [mnist_inputs(fit_split.images), drawn_inputs(fit_split.images[:drawings])]
     )
     fit_labels = torch.cat([fit_split.labels, fit_split.labels[:drawings]])
-    temperature = fit_temperature(logits_of(net, fit_inputs), fit_labels)
-    calibrated = CalibratedNet(net, temperature).eval()
+    temperature = fit_temperature(logits_of(uncalibrated, fit_inputs), fit_labels)
+    calibrated = served_model(net, temperature).eval()
     export_torchscript(calibrated, model_path, fit_inputs[:64])
     print(f"Temperature {temperature:.3f} fitted on {len(fit_labels):,} held-out digits; "
           f"{model_path} now carries it")  # fmt: skip
@@ -229,7 +230,7 @@ def calibrate(
     }
     curves = {}
     for name, (inputs, labels) in evaluations.items():
-        logits = logits_of(net, inputs).double()
+        logits = logits_of(uncalibrated, inputs).double()
         before = reliability(logits.softmax(dim=1), labels)
         after = reliability((logits / temperature).softmax(dim=1), labels)
         curves[name] = (before, after)

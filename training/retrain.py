@@ -29,7 +29,7 @@ from sqlalchemy import MetaData, Table, create_engine, select
 from config import PROJECT_ROOT, get_settings, normalise_database_url
 from handler.preprocessing import InvalidInputError, decode_image, to_mnist_pixels
 from model import versions
-from model.calibration import CalibratedNet, temperature_of
+from model.calibration import served_model, temperature_of
 from model.net import MnistNet
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint, state_dict_path
 from training import plots
@@ -248,7 +248,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         net.load_state_dict(torch.load(state_dict_path(current_file), map_location="cpu"))
     mix = training_mix(drawings.train, mnist_train, args.mnist_images, args.repeats, args.seed)
     fit(net, mix, mnist_test, config, generator)
-    candidate = CalibratedNet(net.eval(), temperature_of(current)).eval()
+    candidate = served_model(net.eval(), temperature_of(current)).eval()
 
     stamp = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
     version = versions.next_version(store, settings.model_name, stamp)

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from handler.preprocessing import MNIST_MEAN, MNIST_STD
+from model.calibration import served_model
 from model.net import MnistNet
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint
 from training import plots
@@ -385,7 +386,8 @@ def run_training(
 
     model = model.cpu().eval()
     checkpoint = save_checkpoint(model, model_path)
-    export_torchscript(model, model_path, to_model_input(test.images[:EXPORT_CHECK_BATCH].cpu()))
+    sample = to_model_input(test.images[:EXPORT_CHECK_BATCH].cpu())
+    export_torchscript(served_model(model), model_path, sample)
     print(f"Saved {checkpoint} and TorchScript {model_path} (checked against the eager model)")
 
     history = {
@@ -412,7 +414,7 @@ def _print_summary(history: dict, results_dir: Path) -> None:
         else "99 % not reached"
     )
     print(
-        f"Final test accuracy {100 * history['final_test_accuracy']:.2f} % in "
+        f"Final test accuracy of the network {100 * history['final_test_accuracy']:.2f} % in "
         f"{history['total_seconds']:.1f} s ({history['seconds_per_epoch']:.1f} s/epoch, "
         f"{history['images_per_second']:.0f} training images/s); {reached}. "
         f"History and plots in {results_dir}"

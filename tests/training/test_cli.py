@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.calibration import temperature_of
+from model.calibration import served_model, temperature_of
 from model.net import MnistNet
 from model.torchscript import state_dict_path
 from training.__main__ import main as training_main
@@ -69,10 +69,11 @@ def test_tiny_run_in_both_modes_writes_model_history_and_plots(
     checkpoint.load_state_dict(torch.load(state_dict_path(model_path), weights_only=True))
     scripted = torch.jit.load(str(model_path))
     batch = torch.randn(4, 1, 28, 28)
-    # The exported model is the checkpoint calibrated with the temperature fitted after training.
+    # The exported model is the checkpoint, reading each digit as given and upright, calibrated
+    # with the temperature fitted after training.
     temperature = json.loads((results / "calibration.json").read_text())["temperature"]
     assert temperature_of(scripted) == pytest.approx(temperature)
-    expected = checkpoint.eval()(batch) / temperature
+    expected = served_model(checkpoint.eval(), temperature)(batch)
     assert torch.allclose(scripted(batch), expected, atol=1e-5)
 
 
