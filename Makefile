@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy soak kserve-store retrain base-image images compose-smoke gpu-check clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy ceiling soak kserve-store retrain base-image images compose-smoke gpu-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -71,6 +71,11 @@ bench: setup
 # Accuracy per drawing style through TorchServe, for the trained model (results/accuracy.md).
 accuracy: setup
 	$(PY) -m benchmarks.accuracy
+
+# How much of each style's loss is the network's: a network 14 times larger, and both trained
+# with very thick drawings, read the same drawings (results/ceiling.md, docs/drawings.md).
+ceiling: setup
+	$(PY) -m benchmarks.ceiling $(CEILING_ARGS)
 
 # Steady load on a private TorchServe, watching memory, files, threads and logs for leaks
 # (10 minutes; SOAK_MINUTES=3 for a shorter run). Writes results/soak.json and soak.md.

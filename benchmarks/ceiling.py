@@ -1,0 +1,236 @@
+"""`python -m benchmarks.ceiling`: how much of each drawing style's loss is the network's.
+
+Trains, with `make train`'s data, augmentation and schedule, a reference CNN about 14 times the
+size of the served one, and then that reference and the served network with training digits
+drawn in one style (default: the very thick pen) added to their training set. Each model reads
+the same drawings per style in-process, through the handler's preprocessing and the upright
+reading (`model.upright`), beside the trained model of `model_store/` ("served"). Where even
+the large network trained on the style itself stays below a target, the drawing has lost what
+the target asks for (docs/drawings.md). Three trainings long; writes `results/ceiling.json`
+and `results/ceiling.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from config import get_settings
+from handler.preprocessing import decode_image, normalise, to_mnist_pixels
+from model.calibration import served_model
+from model.net import MnistNet, count_parameters
+from model.torchscript import load_torchscript
+from training.data import TEST_COUNT, TRAIN_COUNT, MnistSplit, load_mnist
+from training.drawings import STYLES, drawings, render_drawing
+from training.train import TrainConfig, fit, seed_everything
+
+# The training digits `make train` uses: all but the calibration's held-out tail.
+CALIBRATION_HOLDOUT = 5000
+EVAL_BATCH = 1000
+
+
+class ReferenceNet(nn.Module):
+    """The served design made wider (32 and 64 filters, 256 hidden units): about 317,000
+    parameters against 21,840, as a reference for what a larger network reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=5),
+            nn.Dropout2d(0.25),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(1024, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def drawn_pixels(style: str, count: int, seed: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the model sees for `count` MNIST test digits drawn in `style`, and their labels."""
+    samples = drawings(style, count, seed=seed, every=every)
+    pixels = np.stack([to_mnist_pixels(decode_image(body)) for body, _ in samples])
+    return pixels, np.array([label for _, label in samples])
+
+
+def drawn_training_digits(
+    images: np.ndarray, style: str, seed: np.random.SeedSequence
+) -> np.ndarray:
+    """Training digits drawn in `style` and preprocessed like a request."""
+    rng = np.random.default_rng(seed)
+    drawn = (render_drawing(digit, STYLES[style], rng) for digit in images)
+    return np.stack([to_mnist_pixels(decode_image(body)) for body in drawn])
+
+
+def accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray, labels: np.ndarray
+) -> float:
+    inputs = torch.stack([normalise(digit) for digit in pixels])
+    with torch.inference_mode():
+        logits = torch.cat([model(batch) for batch in inputs.split(EVAL_BATCH)])
+    return float((logits.argmax(dim=1).numpy() == labels).mean())
+
+
+def trained(
+    net: nn.Module,
+    train: MnistSplit,
+    test: MnistSplit,
+    config: TrainConfig,
+    extra: MnistSplit | None = None,
+) -> nn.Module:
+    """`net` trained with `make train`'s recipe, `extra` digits joining the training set, in
+    the served form (each digit read as given and upright)."""
+    if extra is not None:
+        train = MnistSplit(
+            images=torch.cat([train.images, extra.images]),
+            labels=torch.cat([train.labels, extra.labels]),
+        )
+    fit(net, train, test, config, seed_everything(config.seed))
+    return served_model(net.eval()).eval()
+
+
+def measure(
+    model_path: Path,
+    styles: Sequence[str],
+    per_style: int,
+    seed: int,
+    training_style: str,
+    training_count: int,
+    config: TrainConfig,
+    data_dir: Path,
+) -> dict:
+    """Accuracy per style of the served model and the three trained here, on the same digits."""
+    train, test = load_mnist(data_dir)
+    kept = min(config.train_subset or TRAIN_COUNT, TRAIN_COUNT - CALIBRATION_HOLDOUT)
+    train = MnistSplit(train.images[:kept], train.labels[:kept])
+    every = TEST_COUNT // per_style
+    shares = np.array_split(train.images[:training_count].numpy(), os.cpu_count() or 1)
+    with ProcessPoolExecutor() as pool:
+        jobs = [(style, per_style, seed, every) for style in styles]
+        drawn = dict(zip(styles, pool.map(drawn_pixels, *zip(*jobs, strict=True)), strict=True))
+        share_seeds = np.random.SeedSequence(seed + 1).spawn(len(shares))
+        pixels = pool.map(
+            drawn_training_digits, shares, [training_style] * len(shares), share_seeds
+        )
+        extra = MnistSplit(
+            images=torch.from_numpy(np.concatenate(list(pixels))),
+            labels=train.labels[:training_count],
+        )
+    models = {
+        "served": load_torchscript(model_path),
+        "reference": trained(ReferenceNet(), train, test, config),
+        f"reference + {training_style}": trained(ReferenceNet(), train, test, config, extra),
+        f"served design + {training_style}": trained(
+            MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout),
+            train, test, config, extra,
+        ),
+    }  # fmt: skip
+    plain = (test.images.numpy()[::every][:per_style], test.labels.numpy()[::every][:per_style])
+    figures = {}
+    for name, model in models.items():
+        row = {"mnist_same_digits": accuracy(model, *plain)}
+        row.update({style: accuracy(model, *drawn[style]) for style in styles})
+        figures[name] = row
+        print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in row.items()), flush=True)
+    return {
+        "model": str(model_path),
+        "per_style": per_style,
+        "seed": seed,
+        "training_style": training_style,
+        "training_count": training_count,
+        "parameters": {
+            "served design": count_parameters(MnistNet()),
+            "reference": count_parameters(ReferenceNet()),
+        },
+        "accuracy": figures,
+    }
+
+
+def markdown(report: dict) -> str:
+    figures = report["accuracy"]
+    names = list(figures)
+    rows = list(next(iter(figures.values())))
+    lines = [
+        "# How much of each style's loss is the network's",
+        "",
+        f"{report['per_style']} MNIST test digits per style (drawing seed {report['seed']}), read "
+        "in-process through the handler's preprocessing and the upright reading. Parameters: "
+        f"served design {report['parameters']['served design']:,}, reference "
+        f"{report['parameters']['reference']:,}. `+ {report['training_style']}`: trained with "
+        f"{report['training_count']:,} training digits drawn that way added.",
+        "",
+        "| input | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        *(
+            f"| {row} | " + " | ".join(f"{100 * figures[n][row]:.2f} %" for n in names) + " |"
+            for row in rows
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", type=Path, default=settings.torchscript_path)
+    parser.add_argument("--per-style", type=int, default=2000, help="drawings per style")
+    parser.add_argument("--seed", type=int, default=3, help="drawing randomness")
+    parser.add_argument("--styles", default=",".join(STYLES), help="comma-separated styles")
+    parser.add_argument("--training-style", default="very_thick_stroke", help="style trained on")
+    parser.add_argument("--training-count", type=int, default=12000, help="digits drawn for it")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="as `make train`")
+    parser.add_argument("--train-subset", type=int, help="first N training digits (quick runs)")
+    parser.add_argument("--results-dir", type=Path, default=settings.results_dir)
+    args = parser.parse_args(argv)
+    styles = [name.strip() for name in args.styles.split(",") if name.strip()]
+    if unknown := sorted({*styles, args.training_style} - set(STYLES)):
+        parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
+    if not styles:
+        parser.error("--styles names no style")
+    if not 1 <= args.per_style <= TEST_COUNT:
+        parser.error(f"--per-style must be from 1 to {TEST_COUNT}")
+    if not 1 <= args.training_count <= TRAIN_COUNT - CALIBRATION_HOLDOUT:
+        parser.error(f"--training-count must be from 1 to {TRAIN_COUNT - CALIBRATION_HOLDOUT}")
+    if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):
+        parser.error("--epochs and --train-subset must be at least 1")
+    if args.train_subset is not None and args.training_count > args.train_subset:
+        parser.error("--training-count cannot exceed --train-subset")
+    if not args.model_path.is_file():
+        print(f"error: no model at {args.model_path}: run `make train` first")
+        return 1
+    config = TrainConfig(epochs=args.epochs, train_subset=args.train_subset, show_progress=False)
+    report = measure(
+        args.model_path,
+        styles,
+        args.per_style,
+        args.seed,
+        args.training_style,
+        args.training_count,
+        config,
+        settings.data_dir,
+    )
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "ceiling.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (args.results_dir / "ceiling.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
