@@ -1,12 +1,13 @@
 """Real MNIST test digits redrawn the way people draw them and the way clients send them.
 
-Each digit is enlarged, turned into a pen stroke (thin to very thick, anti-aliased edges),
-optionally slanted, and put on a canvas in one of several styles: black ink on a transparent
-canvas (what a browser's ``toDataURL`` gives), black on white, white on black, coloured ink,
-JPEG, off-centre, filling the frame, small in a corner. Many clients shrink the canvas to 28x28
-themselves before sending (without centring the digit): the ``sent_28*`` styles do that. Handler
-tests, the serving tests (through the real server) and the benchmark share these drawings, so
-"about as accurate as on MNIST" is measured on the same pictures everywhere.
+Each digit is enlarged (optionally flatter than MNIST's writer drew it), turned into a pen
+stroke (thin to very thick, anti-aliased edges), optionally slanted, and put on a canvas in one
+of several styles: black ink on a transparent canvas (what a browser's ``toDataURL`` gives),
+black on white, white on black, coloured ink, JPEG, off-centre, filling the frame, small in a
+corner. Many clients shrink the canvas to 28x28 themselves before sending (without centring
+the digit): the ``sent_28*`` styles do that. Handler tests, the serving tests (through the real
+server) and the benchmark share these drawings, so "about as accurate as on MNIST" is measured
+on the same pictures everywhere.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class Style:
     """How a digit is put on the canvas. `background=None` means transparent pixels.
 
     `size` is the range of the digit's longer side as a share of the canvas's shorter side;
-    `placement` is "centre" (with a little jitter), "anywhere" or "corner"; `slant` is the
-    largest horizontal shear (x moves by slant * height); `sent_size`, when set, is the size
-    the client shrinks the whole canvas to before sending.
+    `flatter`, when set, is the range of the factor its height is divided by before the pen
+    draws it (a digit compressed like many people's, who fill a square box); `placement` is
+    "centre" (with a little jitter), "anywhere" or "corner"; `slant` is the largest horizontal
+    shear (x moves by slant * height); `sent_size`, when set, is the size the client shrinks
+    the whole canvas to before sending.
     """
 
     canvas: tuple[int, int] = (280, 280)
@@ -41,6 +44,7 @@ class Style:
     background: tuple[int, int, int] | None = None
     stroke: str = "normal"
     size: tuple[float, float] = (0.55, 0.8)
+    flatter: tuple[float, float] | None = None
     placement: str = "centre"
     slant: float = 0.0
     sent_size: tuple[int, int] | None = None
@@ -62,6 +66,7 @@ STYLES: dict[str, Style] = {
     "thick_stroke": Style(stroke="thick"),
     "very_thick_stroke": Style(stroke="very_thick"),
     "slanted": Style(slant=0.45),
+    "compressed": Style(flatter=(1.3, 1.7)),
     "fills_frame": Style(size=FILLING),
     "small_in_corner": Style(size=SMALL, placement="corner"),
     "sent_28": Style(ink=WHITE, background=BLACK, sent_size=SENT_28),
@@ -110,8 +115,11 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
     rows = np.flatnonzero(digit.any(axis=1))
     cols = np.flatnonzero(digit.any(axis=0))
     crop = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    scale = rng.uniform(*style.size) * min(style.canvas) / max(crop.shape)
-    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    height, width = crop.shape
+    if style.flatter:
+        height = height / rng.uniform(*style.flatter)
+    scale = rng.uniform(*style.size) * min(style.canvas) / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     soft = Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC)
     edge, dilation = _STROKES[style.stroke]
     # A square maximum of size 2k+1 is k successive 3x3 ones: the same pixels, several times

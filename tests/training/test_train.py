@@ -21,6 +21,7 @@ from training.train import (
     elastic_field,
     evaluate,
     fit,
+    random_proportions,
     random_stroke_width,
     random_warp,
     sample_indices,
@@ -86,6 +87,39 @@ def test_stroke_width_changes_half_the_digits_by_at_most_two_pixels(mnist) -> No
     assert 0.4 < which.float().mean() < 0.6
     thicker = (changed.sum(dim=(1, 2, 3)) > pixels.sum(dim=(1, 2, 3)))[which]
     assert 0.3 < thicker.float().mean() < 0.7  # both ways
+
+
+def _ink_box_and_centre(pixels: torch.Tensor) -> tuple[int, int, float, float]:
+    """Height and width of the ink's box, and the centre of mass."""
+    ink = pixels[0]
+    rows = torch.nonzero((ink > 0).any(dim=1)).flatten()
+    cols = torch.nonzero((ink > 0).any(dim=0)).flatten()
+    index = torch.arange(28, dtype=ink.dtype)
+    total = ink.sum()
+    return (
+        int(rows[-1] - rows[0] + 1),
+        int(cols[-1] - cols[0] + 1),
+        float(ink.sum(dim=1) @ index / total),
+        float(ink.sum(dim=0) @ index / total),
+    )
+
+
+def test_proportions_widen_some_digits_and_fit_them_into_the_box_again(mnist) -> None:
+    _, test = mnist
+    pixels, changed = _augmented(random_proportions, test.images[:400])
+    which = (changed != pixels).flatten(1).any(dim=1)
+    assert 0.08 < which.float().mean() < 0.22
+    aspect_ratios = []
+    for before, after in zip(pixels[which], changed[which], strict=True):
+        height, width, row, col = _ink_box_and_centre(before)
+        new_height, new_width, new_row, new_col = _ink_box_and_centre(after)
+        # The longer side fills the 20 px box; resampling spills up to a pixel each side.
+        assert max(height, width) == 20 and max(new_height, new_width) in (20, 21, 22)
+        assert abs(new_row - row) < 0.5 and abs(new_col - col) < 0.5  # the centre stays
+        aspect_ratios.append((new_width / new_height) / (width / height))
+    ratios = torch.tensor(aspect_ratios)
+    assert ratios.min() > 0.95 and ratios.max() < 2.2  # wider for their height, never narrower
+    assert ratios.median() > 1.15
 
 
 def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
