@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -28,13 +27,10 @@ from handler.preprocessing import decode_image, normalise, to_mnist_pixels
 from model.calibration import served_model
 from model.net import MnistNet, count_parameters
 from model.torchscript import load_torchscript
+from training.calibration import DEFAULT_HOLDOUT, logits_of, redrawn
 from training.data import TEST_COUNT, TRAIN_COUNT, MnistSplit, load_mnist
-from training.drawings import STYLES, drawings, render_drawing
+from training.drawings import STYLES, drawings
 from training.train import TrainConfig, fit, seed_everything
-
-# The training digits `make train` uses: all but the calibration's held-out tail.
-CALIBRATION_HOLDOUT = 5000
-EVAL_BATCH = 1000
 
 
 class ReferenceNet(nn.Module):
@@ -68,21 +64,10 @@ def drawn_pixels(style: str, count: int, seed: int, every: int) -> tuple[np.ndar
     return pixels, np.array([label for _, label in samples])
 
 
-def drawn_training_digits(
-    images: np.ndarray, style: str, seed: np.random.SeedSequence
-) -> np.ndarray:
-    """Training digits drawn in `style` and preprocessed like a request."""
-    rng = np.random.default_rng(seed)
-    drawn = (render_drawing(digit, STYLES[style], rng) for digit in images)
-    return np.stack([to_mnist_pixels(decode_image(body)) for body in drawn])
-
-
 def accuracy(
     model: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray, labels: np.ndarray
 ) -> float:
-    inputs = torch.stack([normalise(digit) for digit in pixels])
-    with torch.inference_mode():
-        logits = torch.cat([model(batch) for batch in inputs.split(EVAL_BATCH)])
+    logits = logits_of(model, torch.stack([normalise(digit) for digit in pixels]))
     return float((logits.argmax(dim=1).numpy() == labels).mean())
 
 
@@ -116,21 +101,17 @@ def measure(
 ) -> dict:
     """Accuracy per style of the served model and the three trained here, on the same digits."""
     train, test = load_mnist(data_dir)
-    kept = min(config.train_subset or TRAIN_COUNT, TRAIN_COUNT - CALIBRATION_HOLDOUT)
+    # The training digits `make train` uses: all but the calibration's held-out tail.
+    kept = min(config.train_subset or TRAIN_COUNT, TRAIN_COUNT - DEFAULT_HOLDOUT)
     train = MnistSplit(train.images[:kept], train.labels[:kept])
     every = TEST_COUNT // per_style
-    shares = np.array_split(train.images[:training_count].numpy(), os.cpu_count() or 1)
     with ProcessPoolExecutor() as pool:
         jobs = [(style, per_style, seed, every) for style in styles]
         drawn = dict(zip(styles, pool.map(drawn_pixels, *zip(*jobs, strict=True)), strict=True))
-        share_seeds = np.random.SeedSequence(seed + 1).spawn(len(shares))
-        pixels = pool.map(
-            drawn_training_digits, shares, [training_style] * len(shares), share_seeds
-        )
-        extra = MnistSplit(
-            images=torch.from_numpy(np.concatenate(list(pixels))),
-            labels=train.labels[:training_count],
-        )
+    extra = MnistSplit(
+        images=torch.from_numpy(redrawn(train.images[:training_count], [training_style], seed + 1)),
+        labels=train.labels[:training_count],
+    )
     models = {
         "served": load_torchscript(model_path),
         "reference": trained(ReferenceNet(), train, test, config),
@@ -204,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--styles names no style")
     if not 1 <= args.per_style <= TEST_COUNT:
         parser.error(f"--per-style must be from 1 to {TEST_COUNT}")
-    if not 1 <= args.training_count <= TRAIN_COUNT - CALIBRATION_HOLDOUT:
-        parser.error(f"--training-count must be from 1 to {TRAIN_COUNT - CALIBRATION_HOLDOUT}")
+    if not 1 <= args.training_count <= TRAIN_COUNT - DEFAULT_HOLDOUT:
+        parser.error(f"--training-count must be from 1 to {TRAIN_COUNT - DEFAULT_HOLDOUT}")
     if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):
         parser.error("--epochs and --train-subset must be at least 1")
     if args.train_subset is not None and args.training_count > args.train_subset:

@@ -23,15 +23,21 @@ MNIST_SLANT = -0.1
 MAX_SHEAR = 1.0
 
 
+def centre_of_mass(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of (N, H, W) ink: the row and the column of its centre of mass."""
+    rows = torch.arange(ink.shape[1], dtype=ink.dtype, device=ink.device)
+    cols = torch.arange(ink.shape[2], dtype=ink.dtype, device=ink.device)
+    total = ink.sum(dim=(1, 2)).clamp_min(1e-6)
+    return (ink.sum(dim=2) * rows).sum(dim=1) / total, (ink.sum(dim=1) * cols).sum(dim=1) / total
+
+
 def slant(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image of (N, 1, H, W) ink in [0, 1]: the slant mu11 / mu02 (x moves by this much per
     row downwards; negative leans right) and the row of the centre of mass."""
     ink = pixels[:, 0]
     rows = torch.arange(ink.shape[1], dtype=ink.dtype, device=ink.device)
     cols = torch.arange(ink.shape[2], dtype=ink.dtype, device=ink.device)
-    total = ink.sum(dim=(1, 2)).clamp_min(1e-6)
-    mean_row = (ink.sum(dim=2) * rows).sum(dim=1) / total
-    mean_col = (ink.sum(dim=1) * cols).sum(dim=1) / total
+    mean_row, mean_col = centre_of_mass(ink)
     dy = rows.view(1, -1, 1) - mean_row.view(-1, 1, 1)
     dx = cols.view(1, 1, -1) - mean_col.view(-1, 1, 1)
     mu11 = (ink * dx * dy).sum(dim=(1, 2))

@@ -166,28 +166,40 @@ def mnist_inputs(images: torch.Tensor) -> torch.Tensor:
 
 
 def drawn_inputs(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Each digit redrawn in the next of ``training.drawings``' styles, encoded, then decoded
-    and preprocessed exactly as the handler does: what the app's users send."""
+    """Each digit redrawn in the next of ``training.drawings``' styles, as model inputs: what
+    the app's users send."""
+    return torch.stack([normalise(digit) for digit in redrawn(images, sorted(STYLES), seed)])
+
+
+def redrawn(images: torch.Tensor, styles: Sequence[str], seed: int = 0) -> np.ndarray:
+    """What the model sees (N, 28, 28 uint8) of each digit redrawn in the next of ``styles``,
+    encoded, then decoded and preprocessed exactly as the handler does; each core draws a share."""
     workers = min(os.cpu_count() or 1, math.ceil(len(images) / DRAWINGS_PER_WORKER))
     shares = np.array_split(np.arange(len(images)), workers)
     seeds = np.random.SeedSequence(seed).spawn(len(shares))
-    jobs = [(images[share].numpy(), int(share[0])) for share in shares]
+    jobs = [(images[share].numpy(), int(share[0]), styles) for share in shares]
     if len(jobs) == 1:
         pixels = [_draw_share(*jobs[0], seeds[0])]
     else:
         with ProcessPoolExecutor(len(jobs)) as pool:
             pixels = list(pool.map(_draw_share, *zip(*jobs, strict=True), seeds))
-    return torch.stack([normalise(digit) for share in pixels for digit in share])
+    return np.concatenate(pixels)
 
 
-def _draw_share(digits: np.ndarray, first: int, seed: np.random.SeedSequence) -> list[np.ndarray]:
+def _draw_share(
+    digits: np.ndarray, first: int, styles: Sequence[str], seed: np.random.SeedSequence
+) -> np.ndarray:
     """What the model sees for these digits, the i-th of the whole set in style i mod n."""
     rng = np.random.default_rng(seed)
-    styles = [STYLES[name] for name in sorted(STYLES)]
-    return [
-        to_mnist_pixels(decode_image(render_drawing(digit, styles[(first + i) % len(styles)], rng)))
-        for i, digit in enumerate(digits)
-    ]
+    chosen = [STYLES[name] for name in styles]
+    return np.stack(
+        [
+            to_mnist_pixels(
+                decode_image(render_drawing(digit, chosen[(first + i) % len(chosen)], rng))
+            )
+            for i, digit in enumerate(digits)
+        ]
+    )
 
 
 def held_out(train: MnistSplit, holdout: int) -> MnistSplit:

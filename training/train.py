@@ -27,6 +27,7 @@ from handler.preprocessing import DIGIT_BOX, MNIST_MEAN, MNIST_STD
 from model.calibration import served_model
 from model.net import MnistNet
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint
+from model.upright import centre_of_mass
 from training import plots
 from training.data import MnistSplit, load_mnist
 
@@ -190,9 +191,9 @@ def random_proportions(pixels01: torch.Tensor, generator: torch.Generator) -> to
     scale_y = DIGIT_BOX / torch.maximum(ink_width * factor, ink_height)
     scale_x = factor * scale_y
     # The centre of mass in affine_grid's coordinates (pixel i at (2i + 1) / n - 1) stays put.
-    total = ink.sum(dim=(1, 2)).clamp_min(1e-6)
-    centre_x = (2 * (ink.sum(dim=1) * cols).sum(dim=1) / total + 1) / width - 1
-    centre_y = (2 * (ink.sum(dim=2) * rows).sum(dim=1) / total + 1) / height - 1
+    mean_row, mean_col = centre_of_mass(ink)
+    centre_x = (2 * mean_col + 1) / width - 1
+    centre_y = (2 * mean_row + 1) / height - 1
     theta = torch.zeros(len(digits), 2, 3, dtype=ink.dtype, device=ink.device)
     theta[:, 0, 0], theta[:, 0, 2] = 1 / scale_x, centre_x * (1 - 1 / scale_x)
     theta[:, 1, 1], theta[:, 1, 2] = 1 / scale_y, centre_y * (1 - 1 / scale_y)
