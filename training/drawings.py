@@ -1,8 +1,9 @@
 """Real MNIST test digits redrawn the way people draw them and the way clients send them.
 
 Each digit is enlarged (optionally flatter than MNIST's writer drew it), turned into a pen
-stroke (thin to very thick, anti-aliased edges), optionally slanted, and put on a canvas in one
-of several styles: black ink on a transparent canvas (what a browser's ``toDataURL`` gives),
+stroke (the writer's own stroke made thin to very thick, or its centre line drawn again with a
+round pen of one width, as a canvas draws), optionally slanted, and put on a canvas in one of
+several styles: black ink on a transparent canvas (what a browser's ``toDataURL`` gives),
 black on white, white on black, coloured ink, JPEG, off-centre, filling the frame, small in a
 corner. Many clients shrink the canvas to 28x28 themselves before sending (without centring
 the digit): the ``sent_28*`` styles do that. Handler tests, the serving tests (through the real
@@ -13,11 +14,14 @@ on the same pictures everywhere.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy.ndimage import distance_transform_edt
+from skimage.morphology import skeletonize
 
 from config import get_settings
 from training.data import load_split
@@ -33,7 +37,9 @@ class Style:
 
     `size` is the range of the digit's longer side as a share of the canvas's shorter side;
     `flatter`, when set, is the range of the factor its height is divided by before the pen
-    draws it (a digit compressed like many people's, who fill a square box); `placement` is
+    draws it (a digit compressed like many people's, who fill a square box); `pen`, when set,
+    is the range of a round pen's width in canvas pixels that draws the stroke's centre line
+    again, one width for the whole digit, as a browser canvas draws; `placement` is
     "centre" (with a little jitter), "anywhere" or "corner"; `slant` is the largest horizontal
     shear (x moves by slant * height); `sent_size`, when set, is the size the client shrinks
     the whole canvas to before sending.
@@ -45,6 +51,7 @@ class Style:
     stroke: str = "normal"
     size: tuple[float, float] = (0.55, 0.8)
     flatter: tuple[float, float] | None = None
+    pen: tuple[float, float] | None = None
     placement: str = "centre"
     slant: float = 0.0
     sent_size: tuple[int, int] | None = None
@@ -54,6 +61,8 @@ class Style:
 SMALL = (0.25, 0.4)
 FILLING = (0.9, 1.0)
 SENT_28 = (28, 28)
+# From a fine pen to a marker on a 280 px canvas; the app's pen is 24 px (client_ui/draw.py).
+ROUND_PEN = (12.0, 36.0)
 
 STYLES: dict[str, Style] = {
     "canvas_transparent": Style(),
@@ -67,6 +76,7 @@ STYLES: dict[str, Style] = {
     "very_thick_stroke": Style(stroke="very_thick"),
     "slanted": Style(slant=0.45),
     "compressed": Style(flatter=(1.3, 1.7)),
+    "round_pen": Style(pen=ROUND_PEN),
     "fills_frame": Style(size=FILLING),
     "small_in_corner": Style(size=SMALL, placement="corner"),
     "sent_28": Style(ink=WHITE, background=BLACK, sent_size=SENT_28),
@@ -76,6 +86,7 @@ STYLES: dict[str, Style] = {
         ink=WHITE, background=BLACK, size=SMALL, placement="corner", sent_size=SENT_28
     ),
     "sent_28_thick_stroke": Style(ink=WHITE, background=BLACK, stroke="thick", sent_size=SENT_28),
+    "sent_28_round_pen": Style(ink=WHITE, background=BLACK, pen=ROUND_PEN, sent_size=SENT_28),
 }
 
 # Threshold on the enlarged soft digit that becomes the stroke's edge, and a dilation size.
@@ -121,6 +132,8 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
     scale = rng.uniform(*style.size) * min(style.canvas) / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     soft = Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC)
+    if style.pen:
+        return _fit(_round_pen(np.asarray(soft), rng.uniform(*style.pen)), style.canvas)
     edge, dilation = _STROKES[style.stroke]
     # A square maximum of size 2k+1 is k successive 3x3 ones: the same pixels, several times
     # faster than Pillow's filter of the full size.
@@ -128,6 +141,15 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
         soft = soft.filter(ImageFilter.MaxFilter(3))
     coverage = np.clip((np.asarray(soft, dtype=np.float32) - edge) * 6 + 128, 0, 255)
     return _fit(coverage.astype(np.uint8), style.canvas)
+
+
+def _round_pen(soft: np.ndarray, width: float) -> np.ndarray:
+    """The centre line of the writer's stroke drawn again with a round pen of `width` pixels:
+    coverage 0-255, falling off over one pixel at the edge."""
+    margin = math.ceil(width / 2) + 1
+    centre_line = skeletonize(np.pad(soft >= _STROKES["normal"][0], margin))
+    distance = distance_transform_edt(~centre_line)
+    return np.clip((width / 2 + 0.5 - distance) * 255, 0, 255).astype(np.uint8)
 
 
 def _slant(stroke: np.ndarray, slant: float, rng: np.random.Generator) -> np.ndarray:
