@@ -16,6 +16,7 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,20 +73,23 @@ def accuracy(
 
 
 def trained(
-    net: nn.Module,
+    build: Callable[[], nn.Module],
     train: MnistSplit,
     test: MnistSplit,
     config: TrainConfig,
     extra: MnistSplit | None = None,
 ) -> nn.Module:
-    """`net` trained with `make train`'s recipe, `extra` digits joining the training set, in
-    the served form (each digit read as given and upright)."""
+    """The network `build` makes, trained with `make train`'s recipe and seed (its initial
+    weights included), `extra` digits joining the training set, in the served form (each
+    digit read as given and upright)."""
     if extra is not None:
         train = MnistSplit(
             images=torch.cat([train.images, extra.images]),
             labels=torch.cat([train.labels, extra.labels]),
         )
-    fit(net, train, test, config, seed_everything(config.seed))
+    generator = seed_everything(config.seed)
+    net = build()
+    fit(net, train, test, config, generator)
     return served_model(net.eval()).eval()
 
 
@@ -112,15 +116,13 @@ def measure(
         images=torch.from_numpy(redrawn(train.images[:training_count], [training_style], seed + 1)),
         labels=train.labels[:training_count],
     )
+    served_design = partial(MnistNet, dropout=config.dropout, conv_dropout=config.conv_dropout)
     models = {
         "served": load_torchscript(model_path),
-        "reference": trained(ReferenceNet(), train, test, config),
-        f"reference + {training_style}": trained(ReferenceNet(), train, test, config, extra),
-        f"served design + {training_style}": trained(
-            MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout),
-            train, test, config, extra,
-        ),
-    }  # fmt: skip
+        "reference": trained(ReferenceNet, train, test, config),
+        f"reference + {training_style}": trained(ReferenceNet, train, test, config, extra),
+        f"served design + {training_style}": trained(served_design, train, test, config, extra),
+    }
     plain = (test.images.numpy()[::every][:per_style], test.labels.numpy()[::every][:per_style])
     figures = {}
     for name, model in models.items():

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import ceiling
+from training.data import MnistSplit
+from training.train import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -30,6 +33,18 @@ def test_what_it_cannot_measure_is_refused(
 def test_the_reference_is_the_same_design_much_wider() -> None:
     reference = ceiling.count_parameters(ceiling.ReferenceNet())
     assert reference > 10 * ceiling.count_parameters(ceiling.MnistNet())
+
+
+def test_each_network_starts_from_the_training_seeds_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ceiling, "fit", lambda *args: None)
+    digits = MnistSplit(images=torch.zeros(4, 28, 28, dtype=torch.uint8), labels=torch.zeros(4))
+    model = ceiling.trained(ceiling.MnistNet, digits, digits, TrainConfig(seed=5))
+    torch.manual_seed(5)
+    expected = ceiling.MnistNet()
+    for got, want in zip(model.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.slow
