@@ -133,14 +133,22 @@ def _stroke(digit: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     soft = Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC)
     if style.pen:
-        return _fit(_round_pen(np.asarray(soft), rng.uniform(*style.pen)), style.canvas)
-    edge, dilation = _STROKES[style.stroke]
+        coverage = _round_pen(np.asarray(soft), rng.uniform(*style.pen))
+    else:
+        coverage = _writers_stroke(soft, style.stroke)
+    return _fit(coverage, style.canvas)
+
+
+def _writers_stroke(soft: Image.Image, stroke: str) -> np.ndarray:
+    """The writer's own stroke with the edge and widening of the pen `stroke` names: coverage
+    0-255, anti-aliased."""
+    edge, dilation = _STROKES[stroke]
     # A square maximum of size 2k+1 is k successive 3x3 ones: the same pixels, several times
     # faster than Pillow's filter of the full size.
     for _ in range(dilation // 2):
         soft = soft.filter(ImageFilter.MaxFilter(3))
     coverage = np.clip((np.asarray(soft, dtype=np.float32) - edge) * 6 + 128, 0, 255)
-    return _fit(coverage.astype(np.uint8), style.canvas)
+    return coverage.astype(np.uint8)
 
 
 def _round_pen(soft: np.ndarray, width: float) -> np.ndarray:
