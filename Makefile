@@ -68,9 +68,10 @@ format: setup
 bench: setup
 	$(PY) -m benchmarks $(if $(QUICK),--quick,)
 
-# Accuracy per drawing style through TorchServe, for the trained model (results/accuracy.md).
+# Accuracy per drawing style through TorchServe, for the trained model (results/accuracy.md);
+# ACCURACY_ARGS="--images DIR..." adds digits people drew (docs/drawings.md).
 accuracy: setup
-	$(PY) -m benchmarks.accuracy
+	$(PY) -m benchmarks.accuracy $(ACCURACY_ARGS)
 
 # How much of each style's loss is the network's: a network 14 times larger, and both trained
 # with very thick drawings, read the same drawings (results/ceiling.md, docs/drawings.md).
