@@ -24,6 +24,7 @@ from training.train import (
     random_proportions,
     random_stroke_width,
     random_warp,
+    random_writing_variants,
     sample_indices,
     seed_everything,
     summarise,
@@ -120,6 +121,40 @@ def test_proportions_widen_some_digits_and_fit_them_into_the_box_again(mnist) ->
     ratios = torch.tensor(aspect_ratios)
     assert ratios.min() > 0.95 and ratios.max() < 2.2  # wider for their height, never narrower
     assert ratios.median() > 1.15
+
+
+def test_writing_variants_add_a_stroke_where_each_digit_takes_it(mnist) -> None:
+    _, test = mnist
+    images, labels = test.images[:600], test.labels[:600]
+    pixels, changed = _augmented(
+        lambda batch, generator: random_writing_variants(batch, labels, generator), images
+    )
+    assert (changed >= pixels).all()  # ink is only added
+    which = (changed != pixels).flatten(1).any(dim=1)
+    assert set(labels[which].tolist()) == {1, 7, 9}
+    share = which[torch.isin(labels, torch.tensor([1, 7, 9]))].float().mean()
+    assert 0.2 < share < 0.4
+    columns = torch.arange(28, dtype=pixels.dtype)
+    for before, after, label in zip(
+        pixels[which, 0], changed[which, 0], labels[which], strict=True
+    ):
+        added = after - before
+        assert added.sum() > 3  # a stroke, not a speck
+        inked = torch.nonzero(before.amax(dim=1) > 0.5).flatten()
+        top, bottom = int(inked[0]), int(inked[-1])
+        added_row = float(added.sum(dim=1) @ columns / added.sum())
+        added_col = float(added.sum(dim=0) @ columns / added.sum())
+        relative_row = (added_row - top) / (bottom - top + 1)
+        if label == 1:  # a flag: from the top, to the left
+            stem = float(before[top] @ columns / before[top].sum())
+            assert relative_row < 0.4 and added_col < stem
+        elif label == 7:  # a crossbar: through the middle, on both sides of the stem
+            assert 0.3 < relative_row < 0.75
+            spread = torch.nonzero(added.amax(dim=0) > 0.5).flatten()
+            assert spread[-1] - spread[0] >= 4
+        else:  # a tail hooked to the left, from the bottom
+            stem = float(before[bottom] @ columns / before[bottom].sum())
+            assert relative_row > 0.7 and added_col < stem
 
 
 def test_short_training_on_a_subset_clearly_beats_chance(mnist) -> None:
