@@ -267,31 +267,27 @@ def random_writing_variants(
     """Give a random share of the 1s a flag (down to the left from the top), of the 7s a
     crossbar through the middle of the stem, and of the 9s a tail hooked to the left: one
     straight stroke of random size and angle at the digit's own pen width."""
-    count, _, side, _ = pixels01.shape
+    count = pixels01.shape[0]
     chosen = torch.rand(count, generator=generator) < WRITING_VARIANT_FRACTION
     size, angle = torch.rand(count, 2, generator=generator).unbind(dim=1)
     chosen &= torch.isin(labels.cpu(), torch.tensor(VARIANT_DIGITS))
     if not chosen.any():
         return pixels01
     device = pixels01.device
-    ink = pixels01[chosen.to(device), 0]
+    on_device = chosen.to(device)
+    ink = pixels01[on_device, 0]
     digit = labels[chosen.to(labels.device)].to(device)
-    start, end, pen = _variant_segments(
-        ink, digit, size[chosen].to(device), angle[chosen].to(device)
-    )
-    rows = torch.arange(side, dtype=ink.dtype, device=device)
-    stroke = _segment_ink(rows, start, end, pen.clamp(*VARIANT_PEN))
-    stroke = stroke * ((ink.amax(dim=2) > 0.5).sum(dim=1) >= 2)[:, None, None]  # a digit only
+    stroke = _variant_strokes(ink, digit, size[chosen].to(device), angle[chosen].to(device))
     changed = pixels01.clone()
-    changed[chosen.to(device), 0] = torch.maximum(ink, stroke)
+    changed[on_device, 0] = torch.maximum(ink, stroke)
     return changed
 
 
-def _variant_segments(
+def _variant_strokes(
     ink: torch.Tensor, digit: torch.Tensor, size: torch.Tensor, angle: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where `random_writing_variants` draws on each (side, side) digit of `ink`: the added
-    stroke's start and end ((N, 2) rows and columns) and its pen (the digit's own, measured);
+) -> torch.Tensor:
+    """The stroke `random_writing_variants` adds to each (side, side) digit of `ink`, placed on
+    the digit and drawn with its own pen (none on an image with too little ink to place it);
     `size` and `angle` are uniform in [0, 1)."""
     count, side, _ = ink.shape
     rows = torch.arange(side, dtype=ink.dtype, device=ink.device)
@@ -337,7 +333,8 @@ def _variant_segments(
     start = torch.where(one, flag_start, torch.where(seven, middle - half, hook_start))
     end = torch.where(one, flag_end, torch.where(seven, middle + half, hook_end))
     pen = torch.where(one[:, 0], flag_pen, torch.where(seven[:, 0], bar_pen, hook_pen))
-    return start, end, pen
+    stroke = _segment_ink(rows, start, end, pen.clamp(*VARIANT_PEN))
+    return stroke * (inked.sum(dim=1) >= 2)[:, None, None]
 
 
 def _segment_ink(
