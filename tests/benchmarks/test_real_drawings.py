@@ -3,12 +3,15 @@ the app's canvas does and writes folders that `benchmarks.accuracy --images` rea
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import accuracy, real_drawings
+from client_ui.canvas import DrawingCanvas
+from client_ui.draw import DEFAULT_STROKE_WIDTH
 
 UNIPEN = """.VERSION 1.0
 .SEGMENT DIGIT 0 ? "1"
@@ -53,6 +56,13 @@ def test_digilets_splits_strokes_where_the_pen_leaves_and_skips_letters(tmp_path
     digits = list(real_drawings.digilets_digits(tmp_path / "writer"))
     assert [label for _, label in digits] == [4]
     assert digits[0][0] == [[(0.1, -0.9), (0.1, -0.1)], [(0.0, -0.5), (0.2, -0.5)]]
+
+
+def test_the_pen_and_the_canvas_are_the_apps() -> None:
+    # benchmarks/ may not import client_ui/, so the values are repeated there and checked here.
+    assert real_drawings.PEN_WIDTH == DEFAULT_STROKE_WIDTH
+    app_canvas = inspect.signature(DrawingCanvas).parameters["size"].default
+    assert app_canvas == real_drawings.CANVAS
 
 
 def test_a_stroke_is_drawn_with_the_apps_pen_on_a_transparent_canvas() -> None:
