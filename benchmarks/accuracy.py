@@ -52,9 +52,8 @@ def served_digits(client: TorchServeClient, bodies: Sequence[bytes]) -> list[int
 def served_accuracy(client: TorchServeClient, samples: Sequence[tuple[bytes, int]]) -> float:
     """Share of `samples` whose served answer is the true label."""
     digits = served_digits(client, [body for body, _ in samples])
-    return sum(digit == label for digit, (_, label) in zip(digits, samples, strict=True)) / len(
-        samples
-    )
+    correct = sum(digit == label for digit, (_, label) in zip(digits, samples, strict=True))
+    return correct / len(samples)
 
 
 def labelled_images(source: Path) -> list[tuple[Path, int]]:
