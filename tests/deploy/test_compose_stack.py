@@ -233,6 +233,6 @@ def test_the_measured_memory_fits_the_kubernetes_limits(stack: Stack) -> None:
     torchserve, app = resident_mib(stack, "torchserve"), resident_mib(stack, "app")
     print(f"\nresident MiB, torchserve: {torchserve}; app: {app}")
     predictor = the("InferenceService", "mnist")["spec"]["predictor"]["model"]["resources"]
-    [app_container] = the("Deployment", "mnist-app")["spec"]["template"]["spec"]["containers"]
+    [app_container] = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]["containers"]
     assert sum(torchserve.values()) < mebibytes(predictor["requests"]["memory"])
     assert sum(app.values()) < mebibytes(app_container["resources"]["requests"]["memory"])

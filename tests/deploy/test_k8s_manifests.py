@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from config import PROJECT_ROOT
+from config import PROJECT_ROOT, Settings
 from serving.kserve import kserve_properties
 
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
@@ -72,10 +72,10 @@ def test_core_kinds_match_the_kubernetes_schema(manifest: dict[str, Any]) -> Non
 
 
 def test_the_core_validator_refuses_a_misspelt_field() -> None:
-    deployment = copy.deepcopy(the("Deployment", "mnist-app"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    app = copy.deepcopy(the("StatefulSet", "mnist-app"))
+    app["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(app, KUBERNETES_VERSION, strict=True)
 
 
 def test_the_inference_service_matches_kserves_schema() -> None:
@@ -121,7 +121,7 @@ def test_the_app_reaches_torchserve_through_the_direct_service() -> None:
         7070,
     }
     assert service["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "mnist"}
-    [container] = the("Deployment", "mnist-app")["spec"]["template"]["spec"]["containers"]
+    [container] = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
     assert env["TS_INFERENCE_URL"] == "http://mnist-torchserve:8085"
     assert env["TS_GRPC_TARGET"] == "mnist-torchserve:7070"
@@ -129,7 +129,7 @@ def test_the_app_reaches_torchserve_through_the_direct_service() -> None:
 
 def test_only_the_app_may_call_torchserves_own_api() -> None:
     policy = the("NetworkPolicy", "mnist-torchserve")["spec"]
-    app_labels = the("Deployment", "mnist-app")["spec"]["template"]["metadata"]["labels"]
+    app_labels = the("StatefulSet", "mnist-app")["spec"]["template"]["metadata"]["labels"]
     [own_api] = [
         rule for rule in policy["ingress"] if {p["port"] for p in rule["ports"]} == {8085, 7070}
     ]
@@ -142,7 +142,7 @@ def test_only_the_app_may_call_torchserves_own_api() -> None:
 
 
 def test_the_app_takes_its_secrets_from_a_secret_and_runs_locked_down() -> None:
-    spec = the("Deployment", "mnist-app")["spec"]["template"]["spec"]
+    spec = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]
     [container] = spec["containers"]
     env = env_of(container)
     for name in ("DATABASE_URL", "UI_PASSWORD"):
@@ -156,9 +156,32 @@ def test_the_app_takes_its_secrets_from_a_secret_and_runs_locked_down() -> None:
     )
 
 
+def test_each_app_replica_keeps_its_outbox_on_its_own_volume() -> None:
+    """The outbox lives in the app's data directory (the image's working directory plus the
+    `data_dir` setting), so that directory must be a claim that outlives the pod."""
+    app = the("StatefulSet", "mnist-app")["spec"]
+    [workdir] = [
+        line.split()[1]
+        for line in (PROJECT_ROOT / "Containerfile").read_text().splitlines()
+        if line.startswith("WORKDIR ")
+    ]
+    data_dir = Path(workdir) / Settings.model_fields["data_dir"].default
+    [container] = app["template"]["spec"]["containers"]
+    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == data_dir]
+    [claim] = [c for c in app["volumeClaimTemplates"] if c["metadata"]["name"] == mount["name"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert mount["name"] not in {v["name"] for v in app["template"]["spec"]["volumes"]}
+    assert app["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+
+
 def test_several_app_replicas_have_sticky_sessions() -> None:
     hpa = the("HorizontalPodAutoscaler", "mnist-app")["spec"]
-    assert hpa["scaleTargetRef"]["name"] == "mnist-app" and hpa["maxReplicas"] > 1
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "mnist-app",
+    }
+    assert hpa["maxReplicas"] > 1
     assert the("Service", "mnist-app")["spec"]["sessionAffinity"] == "ClientIP"
     annotations = the("Ingress", "mnist-app")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
