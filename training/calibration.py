@@ -45,6 +45,9 @@ BAND_EDGES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # The "unsure" rules the app can use, each judged on the test drawings in calibration.json.
 UNSURE_CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9)
 UNSURE_MARGINS = (0.2, 0.3, 0.4, 0.5, 0.6)
+# A temperature is set by the answers the model gets wrong: with none, fitting makes it certain
+# of everything; with fewer than this it follows a handful of drawings.
+MIN_REFIT_MISTAKES = 10
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     Optimised over log T, so T stays positive without constraints; one scalar cannot overfit
     a few thousand held-out answers.
     """
-    logits, labels = logits.detach().double(), labels.detach()
+    # A copy: the logits may come from inference mode, which autograd cannot use.
+    logits, labels = logits.detach().to(torch.float64, copy=True), labels.detach()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -123,6 +127,54 @@ def reliability(
         ece=ece,
         bands=bands,
     )
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature a retrained model serves with, and the evidence for it."""
+
+    temperature: float
+    refitted: bool
+    reason: str
+    drawings: int
+    ece_kept: float | None = None
+    ece_refitted: float | None = None
+
+
+def choose_temperature(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    kept: float,
+    minimum: int,
+) -> TemperatureChoice:
+    """Refit T on people's own labelled drawings (`model` at T = 1) once there are `minimum`
+    of them with MIN_REFIT_MISTAKES misread, and take it only if it also calibrates better on
+    answers it was not fitted on: each half of them judged with the T fitted on the other half.
+    Otherwise keep `kept`. T never changes the digit read, only the confidence shown."""
+    count = len(labels)
+    needs = f"refitting needs {max(minimum, 1)} drawings and {MIN_REFIT_MISTAKES} misread"
+    if count < max(minimum, 1):
+        return TemperatureChoice(kept, False, f"{count} holdout drawings; {needs}", count)
+    logits = logits_of(model, inputs).double()
+    mistakes = int((logits.argmax(dim=1) != labels).sum())
+    if mistakes < MIN_REFIT_MISTAKES:
+        reason = f"{count} holdout drawings, {mistakes} of them misread; {needs}"
+        return TemperatureChoice(kept, False, reason, count)
+    ece_kept = reliability((logits / kept).softmax(dim=1), labels).ece
+    first = torch.arange(count) % 2 == 0
+    crossed = torch.empty_like(logits)
+    for half, other in ((first, ~first), (~first, first)):
+        crossed[half] = (logits[half] / fit_temperature(logits[other], labels[other])).softmax(1)
+    ece_refitted = reliability(crossed, labels).ece
+    judged = (
+        f"{count} holdout drawings, ECE {100 * ece_refitted:.2f} % refitted (each half with the "
+        f"other half's temperature) against {100 * ece_kept:.2f} % kept"
+    )
+    if ece_refitted >= ece_kept:
+        return TemperatureChoice(kept, False, judged, count, ece_kept, ece_refitted)
+    refitted = fit_temperature(logits, labels)
+    return TemperatureChoice(refitted, True, judged, count, ece_kept, ece_refitted)
 
 
 def unsure_rules(probabilities: torch.Tensor, labels: torch.Tensor) -> list[dict[str, float]]:

@@ -6,7 +6,8 @@ fine-tunes the current model on the train part with MNIST mixed in (so it does n
 MNIST). The candidate and the current model are compared on the MNIST test set and on the
 holdout drawings (results/retrain.json, results/retrain.md, results/retrain_confusion.png).
 The candidate is archived as the next version of the model only when it is not worse on MNIST
-and at least as good on the holdout, or with --force.
+and at least as good on the holdout, or with --force. Its temperature is refitted on the
+holdout drawings once there are enough of them (--min-calibration-drawings).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from model.calibration import served_model, temperature_of
 from model.net import MnistNet
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint, state_dict_path
 from training import plots
+from training.calibration import choose_temperature
 from training.data import MnistSplit, load_mnist
 from training.train import (
     TrainConfig,
@@ -44,6 +46,9 @@ from training.train import (
 )
 
 RESULTS_JSON, RESULTS_MD, CONFUSION_PLOT = "retrain.json", "retrain.md", "retrain_confusion.png"
+# Below this many holdout drawings a temperature fitted on them strays too far from the one
+# fitted on thousands (docs/retraining.md, "The temperature, from people's drawings").
+MIN_CALIBRATION_DRAWINGS = 1000
 
 
 class NotEnoughDrawingsError(RuntimeError):
@@ -199,6 +204,10 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
         "",
         f"**{report['decision']}**: {report['reason']}.",
         "",
+        f"Temperature {report['temperature']['temperature']:.3f}, "
+        f"{'refitted' if report['temperature']['refitted'] else 'kept'}: "
+        f"{report['temperature']['reason']}.",
+        "",
         f"| | current ({report['current_version']}) | candidate ({report['candidate_version']}) |",
         "|---|---|---|",
         row("MNIST test", lambda m: m["mnist_test"]["accuracy"]),
@@ -248,7 +257,14 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         net.load_state_dict(torch.load(state_dict_path(current_file), map_location="cpu"))
     mix = training_mix(drawings.train, mnist_train, args.mnist_images, args.repeats, args.seed)
     fit(net, mix, mnist_test, config, generator)
-    candidate = served_model(net.eval(), temperature_of(current)).eval()
+    temperature = choose_temperature(
+        served_model(net.eval()),
+        to_model_input(drawings.holdout.images),
+        drawings.holdout.labels,
+        kept=temperature_of(current),
+        minimum=args.min_calibration_drawings,
+    )
+    candidate = served_model(net.eval(), temperature.temperature).eval()
 
     stamp = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
     version = versions.next_version(store, settings.model_name, stamp)
@@ -269,6 +285,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         "candidate": candidate_scores,
         "decision": "archived" if accepted else "refused",
         "reason": reason,
+        "temperature": asdict(temperature),
     }
     if accepted:
         model_file = store / f"{args.model_path.stem}-{version}.pt"
@@ -304,6 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mnist-images", type=int, default=20000, help="MNIST training images mixed in"
     )
     parser.add_argument("--repeats", type=int, default=5, help="times each train drawing appears")
+    parser.add_argument(
+        "--min-calibration-drawings",
+        type=int,
+        default=MIN_CALIBRATION_DRAWINGS,
+        help="holdout drawings needed to refit the temperature on them",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="archive even a worse candidate")
     parser.add_argument("--data-dir", type=Path)
@@ -323,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         now, new = current[name]["accuracy"], candidate[name]["accuracy"]
         shown = [("–" if v is None else f"{100 * v:.2f} %") for v in (now, new)]
         print(f"{name}: current {shown[0]}, candidate {shown[1]} ({current[name]['count']} images)")
+    chosen = report["temperature"]
+    how = "refitted" if chosen["refitted"] else "kept"
+    print(f"Temperature {chosen['temperature']:.3f} {how}: {chosen['reason']}.")
     print(f"Candidate {report['candidate_version']} {report['decision']}: {report['reason']}.")
     if "archive" in report:
         print(f"Archived {report['archive']}; serve it with `make stop serve`, then "

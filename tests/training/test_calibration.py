@@ -15,8 +15,10 @@ from model.predictor import MNISTPredictor
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint
 from training.calibration import (
     CALIBRATION_FILE,
+    MIN_REFIT_MISTAKES,
     RELIABILITY_PLOT,
     calibrate,
+    choose_temperature,
     drawn_inputs,
     fit_temperature,
     reliability,
@@ -47,6 +49,47 @@ def test_fitting_lowers_the_calibration_error_of_an_overconfident_model() -> Non
     assert after.ece < before.ece / 3
     assert after.nll < before.nll
     assert after.accuracy == before.accuracy  # T never changes the digit
+
+
+def test_logits_made_in_inference_mode_can_be_fitted() -> None:
+    logits, labels = synthetic(2.5, count=2_000)
+    with torch.inference_mode():
+        frozen = logits.double() * 1
+    assert fit_temperature(frozen, labels) == pytest.approx(2.5, rel=0.15)
+
+
+def identity(logits: torch.Tensor) -> torch.Tensor:
+    return logits
+
+
+def test_people_read_overconfidently_get_their_own_temperature() -> None:
+    logits, labels = synthetic(2.5, count=2_000)
+    choice = choose_temperature(identity, logits, labels, kept=1.0, minimum=500)
+    assert choice.refitted and choice.temperature == pytest.approx(2.5, rel=0.15)
+    assert choice.ece_refitted < choice.ece_kept / 2
+    assert choice.drawings == 2_000 and "2000 holdout drawings" in choice.reason
+
+
+def test_too_few_drawings_keep_the_temperature_without_reading_them() -> None:
+    def unread(logits: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model was run on too few drawings")
+
+    logits, labels = synthetic(2.5, count=499)
+    choice = choose_temperature(unread, logits, labels, kept=1.2, minimum=500)
+    assert (choice.temperature, choice.refitted, choice.ece_kept) == (1.2, False, None)
+    assert "499 holdout drawings" in choice.reason and "needs 500" in choice.reason
+    empty = choose_temperature(unread, logits[:0], labels[:0], kept=1.2, minimum=0)
+    assert (empty.temperature, empty.refitted) == (1.2, False)
+
+
+def test_a_holdout_with_too_few_mistakes_keeps_the_temperature() -> None:
+    """With every answer right, fitting would drive T towards 0: certain of everything."""
+    logits, _ = synthetic(1.0, count=1_000)
+    labels = logits.argmax(dim=1)
+    labels[: MIN_REFIT_MISTAKES - 1] = (labels[: MIN_REFIT_MISTAKES - 1] + 1) % 10
+    choice = choose_temperature(identity, logits, labels, kept=1.2, minimum=500)
+    assert (choice.temperature, choice.refitted) == (1.2, False)
+    assert f"{MIN_REFIT_MISTAKES - 1} of them misread" in choice.reason
 
 
 def test_reliability_bands_by_hand() -> None:

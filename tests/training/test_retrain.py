@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from client_ui import queries
 from client_ui.database import Database
 from model import versions
-from model.torchscript import state_dict_path
+from model.calibration import temperature_of
+from model.torchscript import load_torchscript, state_dict_path
 from serving.archive import build_archive
 from training.drawings import drawings
 from training.retrain import in_holdout, main, read_labelled
@@ -129,6 +131,35 @@ def test_a_fine_tuned_candidate_is_compared_and_archived_as_the_next_version(
         and (tmp_path / "results" / "retrain_confusion.png").stat().st_size
     )
     assert versions.default_version(store, "mnist") == "1.0"  # archived, not promoted
+    chosen = report["temperature"]  # too few holdout drawings to refit it on (1000 by default)
+    assert not chosen["refitted"] and "refitting needs 1000" in chosen["reason"]
+    assert temperature_of(candidate_file(store, report)) == pytest.approx(
+        temperature_of(load_torchscript(store / "mnist_cnn.pt"))
+    )
+
+
+def candidate_file(store: Path, report: dict) -> torch.jit.ScriptModule:
+    return load_torchscript(store / f"mnist_cnn-{report['candidate_version']}.pt")
+
+
+def test_a_candidate_refitted_on_the_holdout_carries_its_own_temperature(
+    postgres_database: Database, store: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """A barely trained candidate reads the holdout drawings with another confidence than
+    the current model's temperature implies; with enough of them, T is refitted there."""
+    url = store_drawings(postgres_database, 300, mnist_dir)
+    report = retrain(
+        url, store, tmp_path / "results", "--from-scratch", "--mnist-images", "200", "--force",
+        "--min-calibration-drawings", "20",
+    )  # fmt: skip
+    chosen = report["temperature"]
+    kept = temperature_of(load_torchscript(store / "mnist_cnn.pt"))
+    assert chosen["refitted"], chosen["reason"]
+    assert chosen["drawings"] == report["drawings"]["holdout"]
+    assert chosen["ece_refitted"] < chosen["ece_kept"]
+    assert chosen["temperature"] != pytest.approx(kept, rel=0.05)
+    assert temperature_of(candidate_file(store, report)) == pytest.approx(chosen["temperature"])
+    assert "refitted:" in (tmp_path / "results" / "retrain.md").read_text()
 
 
 def test_a_worse_candidate_is_refused_with_the_reason(
