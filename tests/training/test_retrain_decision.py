@@ -1,0 +1,67 @@
+"""When retraining archives a candidate: not worse on MNIST beyond chance, and at least as good
+on the holdout drawings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.retrain import decide, paired_change
+
+
+def readings(lost: int, gained: int, both_right: int = 9_000) -> tuple[torch.Tensor, ...]:
+    """Labels and two models' digits: `lost` read right by the current model only, `gained` by
+    the candidate only, `both_right` by both, and 50 misread by both."""
+    labels = torch.zeros(lost + gained + both_right + 50, dtype=torch.int64)
+    current, candidate = labels.clone(), labels.clone()
+    candidate[:lost] = 1
+    current[lost : lost + gained] = 1
+    current[-50:] = candidate[-50:] = 2
+    return labels, current, candidate
+
+
+def accuracy(mnist: float, holdout: float | None) -> dict:
+    return {"mnist_test": {"accuracy": mnist}, "holdout": {"accuracy": holdout}}
+
+
+def test_the_paired_change_counts_each_side_and_tests_the_losses() -> None:
+    change = paired_change(*readings(lost=30, gained=10))
+    assert (change["lost"], change["gained"]) == (30, 10)
+    assert change["p_value"] == pytest.approx(0.00111, rel=0.01)  # P(X >= 30), X ~ B(40, 1/2)
+    assert paired_change(*readings(lost=0, gained=0))["p_value"] == 1.0
+
+
+def test_a_few_digits_lost_on_mnist_are_chance_not_worse() -> None:
+    mnist = paired_change(*readings(lost=16, gained=13))
+    accepted, reason = decide(accuracy(0.9943, 0.96), accuracy(0.9940, 0.99), mnist, force=False)
+    assert accepted, reason
+    assert reason.startswith("not worse on MNIST (99.40 % against 99.43 %; 16 digits")
+
+
+def test_significantly_more_digits_lost_on_mnist_are_worse() -> None:
+    mnist = paired_change(*readings(lost=41, gained=11))
+    accepted, reason = decide(accuracy(0.9943, 0.96), accuracy(0.9913, 0.99), mnist, force=False)
+    assert not accepted
+    assert reason.startswith("worse on MNIST's test set (99.13 % against 99.43 %; 41 digits")
+    forced, why = decide(accuracy(0.9943, 0.96), accuracy(0.9913, 0.99), mnist, force=True)
+    assert forced and why.endswith("archived because of --force")
+
+
+@pytest.mark.parametrize(
+    ("holdout_now", "holdout_new", "accepted"), [(0.96, 0.95, False), (0.96, 0.96, True)]
+)
+def test_the_holdout_must_be_read_at_least_as_well(
+    holdout_now: float, holdout_new: float, accepted: bool
+) -> None:
+    mnist = paired_change(*readings(lost=5, gained=5))
+    decided, reason = decide(
+        accuracy(0.99, holdout_now), accuracy(0.99, holdout_new), mnist, force=False
+    )
+    assert decided is accepted, reason
+    assert accepted or reason.startswith("worse on the holdout drawings (95.00 % < 96.00 %)")
+
+
+def test_no_holdout_drawings_means_no_archive() -> None:
+    mnist = paired_change(*readings(lost=0, gained=3))
+    decided, reason = decide(accuracy(0.99, None), accuracy(0.99, None), mnist, force=False)
+    assert not decided and reason == "no holdout drawings to judge it on"
