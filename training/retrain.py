@@ -56,6 +56,11 @@ MIN_CALIBRATION_DRAWINGS = 1000
 # 10,000 is chance, and refusing it refused candidates far better on people's drawings
 # (docs/retraining.md, "When is a candidate worse on MNIST").
 MNIST_SIGNIFICANCE = 0.05
+# MNIST images mixed in per view of a train drawing (at least MIN_MNIST_IMAGES, at most all):
+# with fewer, a candidate trained on thousands of drawings forgets MNIST measurably
+# (docs/retraining.md, "When is a candidate worse on MNIST").
+MNIST_PER_DRAWING_VIEW = 2
+MIN_MNIST_IMAGES = 20_000
 
 
 class NotEnoughDrawingsError(RuntimeError):
@@ -122,6 +127,12 @@ def prepare(rows: list[tuple[int, bytes, int]], holdout_percent: int) -> Drawing
         return MnistSplit(torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64))
 
     return Drawings(train=split(False), holdout=split(True), skipped=skipped)
+
+
+def mnist_images_for(train_drawings: int, repeats: int, available: int) -> int:
+    """How many MNIST training images to mix in when none is asked for."""
+    wanted = MNIST_PER_DRAWING_VIEW * train_drawings * repeats
+    return min(available, max(MIN_MNIST_IMAGES, wanted))
 
 
 def training_mix(
@@ -290,7 +301,12 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     net = MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout)  # as `make train`
     if not args.from_scratch:
         net.load_state_dict(torch.load(state_dict_path(current_file), map_location="cpu"))
-    mix = training_mix(drawings.train, mnist_train, args.mnist_images, args.repeats, args.seed)
+    mnist_images = args.mnist_images
+    if mnist_images is None:
+        mnist_images = mnist_images_for(
+            len(drawings.train.labels), args.repeats, len(mnist_train.labels)
+        )
+    mix = training_mix(drawings.train, mnist_train, mnist_images, args.repeats, args.seed)
     fit(net, mix, mnist_test, config, generator)
     temperature = choose_temperature(
         served_model(net.eval()),
@@ -318,7 +334,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             "holdout": len(drawings.holdout.labels),
             "skipped": drawings.skipped,
         },
-        "mix": {"mnist_images": args.mnist_images, "repeats": args.repeats, "epochs": args.epochs},
+        "mix": {"mnist_images": mnist_images, "repeats": args.repeats, "epochs": args.epochs},
         "current": current_scores,
         "candidate": candidate_scores,
         "mnist_change": mnist,
@@ -357,7 +373,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="passes over the mix")
     parser.add_argument("--learning-rate", type=float, default=0.001, help="peak (one-cycle)")
     parser.add_argument(
-        "--mnist-images", type=int, default=20000, help="MNIST training images mixed in"
+        "--mnist-images",
+        type=int,
+        help="MNIST training images mixed in; when not given, twice the train drawings' views, "
+        f"at least {MIN_MNIST_IMAGES:,}, at most all",
     )
     parser.add_argument("--repeats", type=int, default=5, help="times each train drawing appears")
     parser.add_argument(

@@ -1,12 +1,12 @@
-"""When retraining archives a candidate: not worse on MNIST beyond chance, and at least as good
-on the holdout drawings."""
+"""Retraining's rules: how much of MNIST it mixes in, and when it archives a candidate (not
+worse on MNIST beyond chance, and at least as good on the holdout drawings)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from training.retrain import decide, paired_change
+from training.retrain import MIN_MNIST_IMAGES, decide, mnist_images_for, paired_change
 
 
 def readings(lost: int, gained: int, both_right: int = 9_000) -> tuple[torch.Tensor, ...]:
@@ -22,6 +22,12 @@ def readings(lost: int, gained: int, both_right: int = 9_000) -> tuple[torch.Ten
 
 def accuracy(mnist: float, holdout: float | None) -> dict:
     return {"mnist_test": {"accuracy": mnist}, "holdout": {"accuracy": holdout}}
+
+
+def test_the_mnist_mixed_in_grows_with_the_drawings_within_what_mnist_has() -> None:
+    assert mnist_images_for(480, 5, 60_000) == MIN_MNIST_IMAGES  # a few drawings: the floor
+    assert mnist_images_for(2_500, 5, 60_000) == 25_000  # twice the drawings' 12,500 views
+    assert mnist_images_for(20_000, 5, 60_000) == 60_000  # never more than MNIST has
 
 
 def test_the_paired_change_counts_each_side_and_tests_the_losses() -> None:
