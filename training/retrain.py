@@ -175,6 +175,18 @@ def scores(read: dict[str, torch.Tensor], splits: dict[str, MnistSplit]) -> dict
     return found
 
 
+def compare(
+    current: Any, candidate: Any, splits: dict[str, MnistSplit]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Both models' scores on each split, and how they differ digit by digit on MNIST's test
+    set (`paired_change`)."""
+    read_now = {name: read_digits(current, split) for name, split in splits.items()}
+    read_new = {name: read_digits(candidate, split) for name, split in splits.items()}
+    mnist_test = splits["mnist_test"]
+    mnist = paired_change(mnist_test.labels, read_now["mnist_test"], read_new["mnist_test"])
+    return scores(read_now, splits), scores(read_new, splits), mnist
+
+
 def paired_change(
     labels: torch.Tensor, current: torch.Tensor, candidate: torch.Tensor
 ) -> dict[str, Any]:
@@ -320,10 +332,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     stamp = f"{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
     version = versions.next_version(store, settings.model_name, stamp)
     splits = {"mnist_test": mnist_test, "holdout": drawings.holdout}
-    read_now = {name: read_digits(current, split) for name, split in splits.items()}
-    read_new = {name: read_digits(candidate, split) for name, split in splits.items()}
-    current_scores, candidate_scores = scores(read_now, splits), scores(read_new, splits)
-    mnist = paired_change(mnist_test.labels, read_now["mnist_test"], read_new["mnist_test"])
+    current_scores, candidate_scores, mnist = compare(current, candidate, splits)
     accepted, reason = decide(current_scores, candidate_scores, mnist, args.force)
     report: dict[str, Any] = {
         "current_version": current_version,
