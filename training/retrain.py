@@ -241,6 +241,13 @@ def archive_candidate(model_file: Path, store: Path, model_name: str, version: s
     return target
 
 
+def temperature_line(chosen: dict[str, Any]) -> str:
+    """What became of the temperature (`TemperatureChoice` as a dict), for the report and the
+    terminal alike."""
+    how = "refitted" if chosen["refitted"] else "kept"
+    return f"Temperature {chosen['temperature']:.3f} {how}: {chosen['reason']}."
+
+
 def write_report(report: dict[str, Any], results_dir: Path) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / RESULTS_JSON).write_text(json.dumps(report, indent=2) + "\n")
@@ -262,9 +269,7 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
         "",
         f"**{report['decision']}**: {report['reason']}.",
         "",
-        f"Temperature {report['temperature']['temperature']:.3f}, "
-        f"{'refitted' if report['temperature']['refitted'] else 'kept'}: "
-        f"{report['temperature']['reason']}.",
+        temperature_line(report["temperature"]),
         "",
         f"| | current ({report['current_version']}) | candidate ({report['candidate_version']}) |",
         "|---|---|---|",
@@ -413,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         now, new = current[name]["accuracy"], candidate[name]["accuracy"]
         shown = [("–" if v is None else f"{100 * v:.2f} %") for v in (now, new)]
         print(f"{name}: current {shown[0]}, candidate {shown[1]} ({current[name]['count']} images)")
-    chosen = report["temperature"]
-    how = "refitted" if chosen["refitted"] else "kept"
-    print(f"Temperature {chosen['temperature']:.3f} {how}: {chosen['reason']}.")
+    print(temperature_line(report["temperature"]))
     print(f"Candidate {report['candidate_version']} {report['decision']}: {report['reason']}.")
     if "archive" in report:
         print(f"Archived {report['archive']}; serve it with `make stop serve`, then "
