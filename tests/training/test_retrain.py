@@ -184,3 +184,9 @@ def test_after_a_promotion_the_promoted_versions_weights_are_the_current_ones(
     assert second["current_version"] == first["candidate_version"]
     assert second["current_model"].endswith(f"mnist_cnn-{first['candidate_version']}.pt")
     assert second["candidate_version"].startswith("3.")
+    assert list(first["mnist_change"]) == ["current"]  # the current model is make train's
+    assert list(second["mnist_change"]) == ["current", "first"]
+    made_by_make_train = first["current"]["mnist_test"]["accuracy"]
+    assert second["mnist_change"]["first"]["reference_accuracy"] == pytest.approx(
+        made_by_make_train
+    )

@@ -1,5 +1,6 @@
 """Retraining's rules: how much of MNIST it mixes in, and when it archives a candidate (not
-worse on MNIST beyond chance, and at least as good on the holdout drawings)."""
+worse on MNIST beyond chance than the current model nor than `make train`'s, and at least as
+good on the holdout drawings)."""
 
 from __future__ import annotations
 
@@ -33,24 +34,43 @@ def test_the_mnist_mixed_in_grows_with_the_drawings_within_what_mnist_has() -> N
 def test_the_paired_change_counts_each_side_and_tests_the_losses() -> None:
     change = paired_change(*readings(lost=30, gained=10))
     assert (change["lost"], change["gained"]) == (30, 10)
+    assert change["reference_accuracy"] == pytest.approx(9_030 / 9_090)
+    assert change["candidate_accuracy"] == pytest.approx(9_010 / 9_090)
     assert change["p_value"] == pytest.approx(0.00111, rel=0.01)  # P(X >= 30), X ~ B(40, 1/2)
     assert paired_change(*readings(lost=0, gained=0))["p_value"] == 1.0
 
 
 def test_a_few_digits_lost_on_mnist_are_chance_not_worse() -> None:
-    mnist = paired_change(*readings(lost=16, gained=13))
+    mnist = {"current": paired_change(*readings(lost=16, gained=13))}
     accepted, reason = decide(accuracy(0.9943, 0.96), accuracy(0.9940, 0.99), mnist, force=False)
     assert accepted, reason
-    assert reason.startswith("not worse on MNIST (99.40 % against 99.43 %; 16 digits")
+    assert reason.startswith("not worse on MNIST than the current model (99.27 % against 99.31 %")
 
 
 def test_significantly_more_digits_lost_on_mnist_are_worse() -> None:
-    mnist = paired_change(*readings(lost=41, gained=11))
+    mnist = {"current": paired_change(*readings(lost=41, gained=11))}
     accepted, reason = decide(accuracy(0.9943, 0.96), accuracy(0.9913, 0.99), mnist, force=False)
     assert not accepted
-    assert reason.startswith("worse on MNIST's test set (99.13 % against 99.43 %; 41 digits")
+    assert reason.startswith("worse on MNIST's test set than the current model (99.00 % against")
+    assert "41 digits read right by it only, 11 by the candidate only" in reason
     forced, why = decide(accuracy(0.9943, 0.96), accuracy(0.9913, 0.99), mnist, force=True)
     assert forced and why.endswith("archived because of --force")
+
+
+def test_a_chain_of_small_losses_is_refused_against_make_trains_model() -> None:
+    """Each step within chance of the one before, but together significantly worse than the
+    model `make train` made."""
+    mnist = {
+        "current": paired_change(*readings(lost=16, gained=13)),
+        "first": paired_change(*readings(lost=45, gained=15)),
+    }
+    accepted, reason = decide(accuracy(0.9940, 0.96), accuracy(0.9937, 0.99), mnist, force=False)
+    assert not accepted
+    assert reason.startswith("worse on MNIST's test set than `make train`'s model (")
+    mnist["first"] = paired_change(*readings(lost=20, gained=15))
+    accepted, reason = decide(accuracy(0.9940, 0.96), accuracy(0.9937, 0.99), mnist, force=False)
+    assert accepted, reason
+    assert "the current model (" in reason and " or `make train`'s model (" in reason
 
 
 @pytest.mark.parametrize(
@@ -59,7 +79,7 @@ def test_significantly_more_digits_lost_on_mnist_are_worse() -> None:
 def test_the_holdout_must_be_read_at_least_as_well(
     holdout_now: float, holdout_new: float, accepted: bool
 ) -> None:
-    mnist = paired_change(*readings(lost=5, gained=5))
+    mnist = {"current": paired_change(*readings(lost=5, gained=5))}
     decided, reason = decide(
         accuracy(0.99, holdout_now), accuracy(0.99, holdout_new), mnist, force=False
     )
@@ -68,6 +88,6 @@ def test_the_holdout_must_be_read_at_least_as_well(
 
 
 def test_no_holdout_drawings_means_no_archive() -> None:
-    mnist = paired_change(*readings(lost=0, gained=3))
+    mnist = {"current": paired_change(*readings(lost=0, gained=3))}
     decided, reason = decide(accuracy(0.99, None), accuracy(0.99, None), mnist, force=False)
     assert not decided and reason == "no holdout drawings to judge it on"
