@@ -4,7 +4,8 @@ KServe mounts an InferenceService's `storageUri` at /mnt/models and starts
 `torchserve --start --model-store=/mnt/models/model-store
 --ts-config=/mnt/models/config/config.properties`. This writes that layout:
 
-    model-store/mnist.mar        the project's archive (`serving.archive`)
+    model-store/mnist.mar        the store's default version of the model: `make archive`'s,
+                                 or the retrained version promoted since (`serving.models`)
     config/config.properties     the project's config.properties with KServe's ports and paths
     config/metrics.yaml          the metrics it names
 
@@ -23,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from config import get_settings
-from serving.archive import MODEL_CONFIG, ArchiveError, build_archive, default_version
+from model import versions
+from serving.archive import MODEL_CONFIG, ArchiveError
 from serving.server import CONFIG_PATH, read_properties, write_properties
 
 KSERVE_ROOT = "/mnt/models"
@@ -76,22 +78,38 @@ def kserve_properties(root: str, model_name: str, version: str) -> dict[str, str
     return properties
 
 
-def build_store(model_file: Path, out: Path, root: str, model_name: str) -> Path:
-    """Write the layout under `out`, for KServe to mount at `root`; returns `out`."""
-    version = default_version(model_file)
-    build_archive(model_file, out / "model-store", model_name, version)
+def default_archive(model_store: Path, model_name: str) -> versions.Archive:
+    """The archive TorchServe answers ``/predictions/<name>`` with from `model_store`: KServe
+    serves one version, and a new one reaches it as a new revision of the InferenceService."""
+    default = versions.default_version(model_store, model_name)
+    found = [a for a in versions.archives(model_store, model_name) if a.version == default]
+    if not found:
+        raise ArchiveError(
+            f"no {model_name}.mar in {model_store}: run `make train-and-archive` first"
+        )
+    return found[0]
+
+
+def build_store(model_store: Path, out: Path, root: str, model_name: str) -> versions.Archive:
+    """Write the layout under `out`, for KServe to mount at `root`, with the store's default
+    version; returns that archive."""
+    archive = default_archive(model_store, model_name)
+    (out / "model-store").mkdir(parents=True, exist_ok=True)
+    shutil.copy(archive.path, out / "model-store" / f"{model_name}.mar")
     config_dir = out / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(METRICS_CONFIG, config_dir / "metrics.yaml")
-    properties = kserve_properties(root, model_name, version)
+    properties = kserve_properties(root, model_name, archive.version)
     write_properties(config_dir / "config.properties", properties, "`make kserve-store`")
-    return out
+    return archive
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-file", type=Path, default=settings.torchscript_path)
+    parser.add_argument(
+        "--model-store", type=Path, default=settings.model_store, help="archives and defaults"
+    )
     parser.add_argument("--out", type=Path, default=Path("build/kserve"), help="layout folder")
     parser.add_argument(
         "--root", default=KSERVE_ROOT, help="where KServe mounts it (paths in the config)"
@@ -99,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default=settings.model_name)
     args = parser.parse_args(argv)
     try:
-        out = build_store(args.model_file, args.out, args.root, args.model_name)
+        archive = build_store(args.model_store, args.out, args.root, args.model_name)
     except ArchiveError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(out)
+    print(f"{args.out}: {archive.path.name}, version {archive.version}")
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The storage layout for KServe (`make kserve-store`), served the way KServe's TorchServe
-runtime serves it: `torchserve --start --model-store=<root>/model-store
---ts-config=<root>/config/config.properties`, with only its listeners moved to free ports on
-127.0.0.1."""
+"""The storage layout for KServe (`make kserve-store`), made from a model store whose default is
+a promoted retrained version, and served the way KServe's TorchServe runtime serves it:
+`torchserve --start --model-store=<root>/model-store --ts-config=<root>/config/config.properties`,
+with only its listeners moved to free ports on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pytest
 import requests
 
 from config import PROJECT_ROOT
+from model import versions
+from serving.archive import build_archive
 from serving.kserve import KSERVE_ROOT
 from serving.server import free_ports, read_properties, write_properties
 from tests.fixtures.waiting import wait_until_ok
@@ -28,17 +30,39 @@ TORCHSERVE = Path(sys.executable).parent / "torchserve"
 READY_TIMEOUT_S = 240.0
 
 
-def make_store(model: Path, out: Path, root: str) -> None:
+PROMOTED = "2.20261207120000"
+
+
+def model_store(model: Path, store: Path, promote: bool = True) -> Path:
+    """`make archive`'s version 1.0 and a retrained version beside it, promoted to default
+    unless `promote` is false (the same weights: the version is what tells them apart)."""
+    build_archive(model, store, "mnist", "1.0")
+    retrained = build_archive(model, store / "retrained", "mnist", PROMOTED)
+    retrained.replace(store / versions.archive_name("mnist", PROMOTED))
+    if promote:
+        versions.record_default(store, "mnist", PROMOTED)
+    return store
+
+
+def make_store(store: Path, out: Path, root: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "serving.kserve",
-        "--model-file", str(model), "--out", str(out), "--root", root,
+        "--model-store", str(store), "--out", str(out), "--root", root,
     ]  # fmt: skip
-    subprocess.run(command, check=True, cwd=PROJECT_ROOT, capture_output=True)
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+
+
+def snapshot_versions(out: Path) -> dict:
+    properties = read_properties(out / "config" / "config.properties")
+    return json.loads(properties["model_snapshot"])["models"]["mnist"]
 
 
 def test_the_layout_is_the_one_kserve_expects(scripted_model: Path, tmp_path: Path) -> None:
-    make_store(scripted_model, tmp_path / "store", KSERVE_ROOT)
-    assert sorted(p.relative_to(tmp_path / "store").as_posix() for p in tmp_path.rglob("*.*")) == [
+    store = model_store(scripted_model, tmp_path / "model_store")
+    made = make_store(store, tmp_path / "store", KSERVE_ROOT)
+    assert made.returncode == 0, made.stderr
+    layout = tmp_path / "store"
+    assert sorted(p.relative_to(layout).as_posix() for p in layout.rglob("*.*")) == [
         "config/config.properties",
         "config/metrics.yaml",
         "model-store/mnist.mar",
@@ -53,17 +77,35 @@ def test_the_layout_is_the_one_kserve_expects(scripted_model: Path, tmp_path: Pa
     assert properties["model_store"] == "/mnt/models/model-store"
     assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
     assert "load_models" not in properties
-    [(name, versions)] = json.loads(properties["model_snapshot"])["models"].items()
-    [(_, model)] = versions.items()
-    assert name == "mnist" and model["marName"] == "mnist.mar" and model["defaultVersion"]
+    [(version, model)] = snapshot_versions(tmp_path / "store").items()
+    assert model["marName"] == "mnist.mar" and model["defaultVersion"]
     assert model["batchSize"] >= 1 and model["minWorkers"] >= 1
+    assert version == PROMOTED
+    assert versions.archive_version(tmp_path / "store" / "model-store" / "mnist.mar") == PROMOTED
+
+
+def test_without_a_promotion_the_layout_holds_make_archives_version(
+    scripted_model: Path, tmp_path: Path
+) -> None:
+    store = model_store(scripted_model, tmp_path / "model_store", promote=False)
+    assert make_store(store, tmp_path / "store", KSERVE_ROOT).returncode == 0
+    assert list(snapshot_versions(tmp_path / "store")) == ["1.0"]
+    assert versions.archive_version(tmp_path / "store" / "model-store" / "mnist.mar") == "1.0"
+
+
+def test_an_empty_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "model_store").mkdir()
+    made = make_store(tmp_path / "model_store", tmp_path / "store", KSERVE_ROOT)
+    assert made.returncode == 1
+    assert "no mnist.mar in" in made.stderr and "make train-and-archive" in made.stderr
 
 
 @pytest.fixture
 def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """TorchServe started from the layout by KServe's own command line."""
     root = tmp_path / "mnt-models"
-    make_store(trained_model, root, str(root))
+    made = make_store(model_store(trained_model, tmp_path / "model_store"), root, str(root))
+    assert made.returncode == 0, made.stderr
     config = root / "config" / "config.properties"
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     properties = read_properties(config)
@@ -124,7 +166,7 @@ def test_torchserve_serves_the_layout_with_kserves_command_line(
     correct = sum(a["digit"] == label for a, (_, label) in zip(answers, samples, strict=True))
     print(f"\nKServe layout: {correct} of {len(samples)} drawings read right")
     assert correct >= 17  # the session's model is trained for one epoch only
-    assert {answer["model_version"] for answer in answers} == {answers[0]["model_version"]}
+    assert {answer["model_version"] for answer in answers} == {PROMOTED}
     # KServe's v1 protocol, as KServe's runtime forwards it to TorchServe's own v1 route.
     instances = [{"b64": base64.b64encode(image).decode()} for image, _ in samples[:5]]
     v1 = requests.post(
