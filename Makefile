@@ -88,8 +88,9 @@ soak: setup
 retrain: setup
 	$(PY) -m training.retrain $(RETRAIN_ARGS)
 
-# The storage layout KServe's TorchServe runtime mounts at /mnt/models (docs/deployment.md).
-kserve-store: setup
+# The storage layout KServe's TorchServe runtime mounts at /mnt/models, with the store's default
+# version; the container image takes that version too (docs/deployment.md).
+kserve-store: train-and-archive
 	$(PY) -m serving.kserve --out build/kserve
 
 # Container images and the compose stack with podman (docs/deployment.md). Where no image
@@ -102,7 +103,7 @@ PODMAN_ENV := $(if $(filter 1,$(PODMAN_SANDBOX)),CONTAINERS_CONF=$(CURDIR)/deplo
 base-image:
 	$(PODMAN_ENV) deploy/containers/base-image.sh
 
-images: train-and-archive
+images: kserve-store
 	$(PODMAN_ENV) BASE_IMAGE=$(BASE_IMAGE) deploy/containers/build-images.sh
 
 # Builds, starts the stack, draws in a real browser, reads the row in the stack's PostgreSQL,

@@ -82,6 +82,13 @@ def default_version(store: Path, model_name: str) -> str | None:
     return archive_version(base) if base.is_file() else None
 
 
+def default_archive(store: Path, model_name: str) -> Archive | None:
+    """The archive of the default version: the one a deployment serves alone."""
+    default = default_version(store, model_name)
+    found = [archive for archive in archives(store, model_name) if archive.version == default]
+    return found[0] if found else None
+
+
 def record_default(store: Path, model_name: str, version: str) -> None:
     """Append `version` to the history of defaults (after checking it is in the store)."""
     if version not in {archive.version for archive in archives(store, model_name)}:

@@ -78,22 +78,13 @@ def kserve_properties(root: str, model_name: str, version: str) -> dict[str, str
     return properties
 
 
-def default_archive(model_store: Path, model_name: str) -> versions.Archive:
-    """The archive TorchServe answers ``/predictions/<name>`` with from `model_store`: KServe
-    serves one version, and a new one reaches it as a new revision of the InferenceService."""
-    default = versions.default_version(model_store, model_name)
-    found = [a for a in versions.archives(model_store, model_name) if a.version == default]
-    if not found:
-        raise ArchiveError(
-            f"no {model_name}.mar in {model_store}: run `make train-and-archive` first"
-        )
-    return found[0]
-
-
 def build_store(model_store: Path, out: Path, root: str, model_name: str) -> versions.Archive:
     """Write the layout under `out`, for KServe to mount at `root`, with the store's default
-    version; returns that archive."""
-    archive = default_archive(model_store, model_name)
+    version (KServe serves one; a new one reaches it as a new revision of the InferenceService);
+    returns that archive."""
+    archive = versions.default_archive(model_store, model_name)
+    if archive is None:
+        raise ArchiveError(f"no {model_name}.mar in {model_store}: run `make train-and-archive`")
     (out / "model-store").mkdir(parents=True, exist_ok=True)
     shutil.copy(archive.path, out / "model-store" / f"{model_name}.mar")
     config_dir = out / "config"

@@ -7,7 +7,8 @@
 set -eu
 cd "$(dirname "$0")/../.."
 base="${BASE_IMAGE:-debian:bookworm-slim}"
-test -f model_store/mnist.mar || { echo "no model_store/mnist.mar: run make train-and-archive" >&2; exit 1; }
+model=build/kserve/model-store/mnist.mar
+test -f "$model" || { echo "no $model: run make kserve-store" >&2; exit 1; }
 
 # A pip setting as this machine's pip sees it (its config files or PIP_* variables), or nothing.
 pip_setting() {

@@ -53,6 +53,19 @@ def test_promotions_are_recorded_and_rolled_back_in_order(tmp_path: Path) -> Non
         versions.record_default(tmp_path, "mnist", "7.0")
 
 
+def test_the_default_archive_follows_promotions_and_rollbacks(tmp_path: Path) -> None:
+    assert versions.default_archive(tmp_path, "mnist") is None
+    fake_mar(tmp_path / "mnist.mar", "1.1")
+    fake_mar(tmp_path / "mnist-2.1.mar", "2.1")
+    assert versions.default_archive(tmp_path, "mnist").path.name == "mnist.mar"
+    versions.record_default(tmp_path, "mnist", "2.1")
+    assert versions.default_archive(tmp_path, "mnist") == versions.Archive(
+        "2.1", tmp_path / "mnist-2.1.mar"
+    )
+    versions.forget_default(tmp_path, "mnist")
+    assert versions.default_archive(tmp_path, "mnist").version == "1.1"
+
+
 @pytest.mark.slow
 def test_two_versions_are_served_promoted_and_rolled_back(
     trained_model: Path, scripted_model: Path, mnist_dir: Path, tmp_path: Path
