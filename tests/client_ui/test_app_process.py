@@ -56,7 +56,8 @@ class App:
             **settings,
         }
         self.log_path = tmp_path / f"app-{self.port}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
+        listening = self.env["UI_HOST"]
+        self.url = f"http://{'127.0.0.1' if listening == '0.0.0.0' else listening}:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> App:
@@ -193,6 +194,20 @@ def test_the_health_check_logs_in_and_fails_when_the_app_does_not_answer(start_a
     assert "HTTP 401" in health_check(app, UI_PASSWORD="guess").stderr
     app.stop()
     assert health_check(app).returncode == 1
+
+
+def test_the_health_check_names_an_allowed_host_at_the_address_the_app_listens_on(
+    start_app,
+) -> None:
+    public_name = start_app(
+        UI_HOST="0.0.0.0", UI_PASSWORD=PASSWORD, UI_ALLOWED_HOSTS="mnist.example.org"
+    )
+    check = health_check(public_name)
+    assert check.returncode == 0, check.stderr
+    public_name.stop()
+    one_address = start_app(UI_HOST="127.0.0.2", UI_PASSWORD=PASSWORD)
+    check = health_check(one_address)
+    assert check.returncode == 0, check.stderr
 
 
 @pytest.mark.slow
