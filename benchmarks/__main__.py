@@ -26,6 +26,7 @@ from benchmarks.loadgen import DRAWING_STYLE, LoadSpec, Payload, load_payloads
 from benchmarks.served import LABELS, measure, running, warm_up
 from config import PROJECT_ROOT, get_settings
 from serving.archive import build_archive
+from training.train import HISTORY_FILE
 
 Entry = dict[str, Any]
 
@@ -93,7 +94,7 @@ def training_entry(history: Path, plan: Plan, data_dir: Path, workdir: Path) -> 
             *("training", "--mode", "train", "--model-path", str(model), *plan.training_args),
             *("--data-dir", str(data_dir), "--results-dir", str(model.parent)),
         )
-        history = model.parent / "training_history.json"
+        history = model.parent / HISTORY_FILE
         source = "measured by this run: " + (" ".join(plan.training_args) or "default settings")
     figures = json.loads(history.read_text())
     keys = ("images_per_second", "seconds_to_99", "final_test_accuracy", "device", "threads")
@@ -134,7 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         _run_module("training.data", "--data-dir", str(args.data_dir))
     ensure_model(args.model_path, args.data_dir, args.results_dir, args.quick)
     payloads = load_payloads(plan.drawings, args.data_dir)
-    history = args.training_history or args.results_dir / "training_history.json"
+    history = args.training_history or args.results_dir / HISTORY_FILE
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         workdir = Path(tmp)
         print("== in-process MNISTPredictor, 1 torch thread", flush=True)

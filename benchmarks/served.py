@@ -53,13 +53,16 @@ class Instance:
                 workers += _cpu_seconds(child)
         return {"frontend": _cpu_seconds(self.frontend), "worker": workers}
 
-    def batch_counts(self) -> dict[int, float]:
-        """Batches the handler has run so far, per batch size (mnist_handler_batches_total)."""
+    def batch_counts(self) -> dict[int, float] | None:
+        """Batches the handler has run so far, per batch size (mnist_handler_batches_total);
+        None, said on the console, when the metrics API does not answer."""
         try:
-            text = requests.get(f"{self.settings.metrics_url}/metrics", timeout=2).text
-        except requests.RequestException:
-            return {}
-        return batch_counts(text)
+            response = requests.get(f"{self.settings.metrics_url}/metrics", timeout=5)
+            response.raise_for_status()
+        except requests.RequestException as error:
+            print(f"   batch sizes unknown: {error}", flush=True)
+            return None
+        return batch_counts(response.text)
 
     def load(
         self,
@@ -109,14 +112,15 @@ def measure(
 ) -> dict[str, Any]:
     """One measured load with its CPU cost per request split by process and its batch size."""
     cpu_before: dict[str, float] = {}
-    batches_before: dict[int, float] = {}
+    batches: dict[str, dict[int, float] | None] = {}
 
     def on_start() -> None:
         cpu_before.update(instance.cpu_seconds())
-        batches_before.update(instance.batch_counts())
+        batches["before"] = instance.batch_counts()
 
     summary = instance.load(protocol, spec, payloads, on_start)
     cpu_after = instance.cpu_seconds()
+    before, after = batches.get("before"), instance.batch_counts()
     ms_per_request = 1000.0 / max(summary["requests"], 1)
     return {
         "name": f"{LABELS[protocol]} c={spec.concurrency}",
@@ -124,7 +128,7 @@ def measure(
         "protocol": protocol,
         "concurrency": spec.concurrency,
         **summary,
-        "mean_batch_size": mean_batch_size(batches_before, instance.batch_counts()),
+        "mean_batch_size": mean_batch_size(before, after) if before and after else None,
         **{
             f"{part}_cpu_ms_per_request": (seconds - cpu_before[part]) * ms_per_request
             for part, seconds in cpu_after.items()

@@ -1,16 +1,16 @@
 """Soak test: steady load on a private TorchServe for a set time, watching for slow leaks.
 
-``python -m benchmarks.soak [--minutes M] [--threads N]`` (``make soak``; ``SOAK_MINUTES``
-sets the default). Reports requests, errors and latency percentiles, the RSS, open files and
-threads of the JVM and of each worker at the start and the end, and the growth of each log
-file; flags growth beyond the bounds below. Writes ``results/soak.json`` and ``results/soak.md``.
+``python -m benchmarks.soak [--minutes M] [--threads N]`` (``make soak``, with
+``SOAK_MINUTES=M`` for ``--minutes``). Reports requests, errors and latency percentiles, the
+RSS, open files and threads of the JVM and of each worker at the start and the end, and the
+growth of each log file; flags growth beyond the bounds below. Writes ``results/soak.json``
+and ``results/soak.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -220,14 +220,13 @@ def archive(model: Path, export_path: Path) -> Path:
     command = [sys.executable, "-m", "serving.archive", "--model-file", str(model)]
     command += ["--export-path", str(export_path)]
     subprocess.run(command, check=True, cwd=PROJECT_ROOT)
-    return export_path / "mnist.mar"
+    return export_path / f"{get_settings().model_name}.mar"
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_minutes = float(os.environ.get("SOAK_MINUTES", DEFAULT_MINUTES))
-    parser.add_argument("--minutes", type=float, default=default_minutes)
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--model", type=Path, default=settings.torchscript_path)
     parser.add_argument("--results", type=Path, default=settings.results_dir)
