@@ -1,7 +1,7 @@
 """The Kubernetes manifests in deploy/k8s, checked without a cluster: core kinds against the
 Kubernetes API's schemas (kubernetes-validate, strict: an unknown field is an error), the
-InferenceService against KServe's own CRD schema (vendored, deploy/k8s/schema/SOURCE), and the
-wiring between them."""
+InferenceService and the PodMonitors against KServe's and the Prometheus Operator's own CRD
+schemas (vendored, deploy/k8s/schema/SOURCE), and the wiring between them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from serving.kserve import kserve_properties
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.33.0"
 ISVC_SCHEMA = K8S_DIR / "schema" / "inferenceservice-v1beta1.json.gz"
+POD_MONITOR_SCHEMA = K8S_DIR / "schema" / "podmonitor-v1.json.gz"
+CUSTOM_KINDS = ("InferenceService", "PodMonitor")
+ALERTS = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -58,13 +61,18 @@ def validate_inference_service(document: dict[str, Any]) -> None:
     jsonschema.validate(document, schema)
 
 
+def validate_pod_monitor(document: dict[str, Any]) -> None:
+    schema = strict(json.loads(gzip.decompress(POD_MONITOR_SCHEMA.read_bytes())))
+    jsonschema.validate(document, schema)
+
+
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
 
 
 @pytest.mark.parametrize(
     "manifest",
-    [m for m in manifests() if m["kind"] != "InferenceService"],
+    [m for m in manifests() if m["kind"] not in CUSTOM_KINDS],
     ids=lambda m: f"{m['kind']}/{m['metadata']['name']}",
 )
 def test_core_kinds_match_the_kubernetes_schema(manifest: dict[str, Any]) -> None:
@@ -100,6 +108,51 @@ def test_kserves_schema_refuses_a_broken_inference_service(
     node[path[-1]] = value
     with pytest.raises(jsonschema.ValidationError):
         validate_inference_service(isvc)
+
+
+@pytest.mark.parametrize("name", ["mnist-app", "mnist-torchserve"])
+def test_the_pod_monitors_match_the_prometheus_operators_schema(name: str) -> None:
+    monitor = the("PodMonitor", name)
+    validate_pod_monitor(monitor)
+    misspelt = copy.deepcopy(monitor)
+    misspelt["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_pod_monitor(misspelt)
+
+
+def test_prometheus_scrapes_the_app_with_its_login_at_an_address_it_allows() -> None:
+    """The Host Prometheus sends is the pod's IP and the scraped port; the app allows it."""
+    [endpoint] = the("PodMonitor", "mnist-app")["spec"]["podMetricsEndpoints"]
+    app = the("StatefulSet", "mnist-app")["spec"]["template"]
+    [container] = app["spec"]["containers"]
+    [port] = [p for p in container["ports"] if p["name"] == endpoint["port"]]
+    names = [item["name"] for item in container["env"]]
+    env = env_of(container)
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert names.index("POD_IP") < names.index("UI_ALLOWED_HOSTS")  # $(POD_IP) is expanded
+    allowed = env["UI_ALLOWED_HOSTS"].split(",")
+    assert f"$(POD_IP):{port['containerPort']}" in allowed
+    assert the("Ingress", "mnist-app")["spec"]["rules"][0]["host"] in allowed
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["basicAuth"]["password"] == env["UI_PASSWORD"]["secretKeyRef"]
+
+
+def test_prometheus_scrapes_torchserves_metrics_port_under_the_alerts_job_names() -> None:
+    monitor = the("PodMonitor", "mnist-torchserve")["spec"]
+    [endpoint] = monitor["podMetricsEndpoints"]
+    metrics_port = kserve_properties("/mnt/models", "mnist", "1")["metrics_address"].split(":")[-1]
+    [address] = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__"]
+    assert address["replacement"] == f"$1:{metrics_port}"
+    policy = the("NetworkPolicy", "mnist-torchserve")["spec"]
+    assert monitor["selector"] == policy["podSelector"]
+    assert int(metrics_port) in {
+        p["port"] for rule in policy["ingress"] if "from" not in rule for p in rule["ports"]
+    }
+    [job] = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+    app_job = the("PodMonitor", "mnist-app")["metadata"]["labels"]["app.kubernetes.io/name"]
+    assert the("PodMonitor", "mnist-app")["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    alerts = ALERTS.read_text()
+    assert f'job="{job["replacement"]}"' in alerts and f'job="{app_job}"' in alerts
 
 
 def test_the_inference_service_uses_kserves_torchserve_runtime_and_our_layout() -> None:
@@ -190,5 +243,5 @@ def test_several_app_replicas_have_sticky_sessions() -> None:
 def test_every_manifest_belongs_to_the_project() -> None:
     assert all(m["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mnist" for m in manifests())
     assert {Path(p).name for p in K8S_DIR.glob("*.yaml")} == {
-        "app.yaml", "inferenceservice.yaml", "torchserve-direct.yaml",
+        "app.yaml", "inferenceservice.yaml", "monitoring.yaml", "torchserve-direct.yaml",
     }  # fmt: skip

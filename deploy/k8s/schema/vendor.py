@@ -1,10 +1,11 @@
-"""Refresh the vendored InferenceService schema from a KServe checkout.
+"""Refresh a vendored custom-resource schema from a checkout of the project that defines it.
 
-    python deploy/k8s/schema/vendor.py ~/src/kserve
+    python deploy/k8s/schema/vendor.py kserve ~/src/kserve
+    python deploy/k8s/schema/vendor.py prometheus-operator ~/src/prometheus-operator
 
-Takes the v1beta1 OpenAPI schema out of the CRD in a KServe checkout
-(config/crd/full/serving.kserve.io_inferenceservices.yaml), drops the descriptions (most of its
-size) and writes it gzipped beside this file, with the KServe version it came from in SOURCE.
+Takes one version's OpenAPI schema out of the CRD in the checkout (a work tree or a bare clone),
+drops the descriptions (most of its size) and writes it gzipped beside this file, with the
+version it came from in that project's paragraph of SOURCE.
 """
 
 from __future__ import annotations
@@ -13,14 +14,40 @@ import gzip
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
-CRD = "config/crd/full/serving.kserve.io_inferenceservices.yaml"
-OUT = HERE / "inferenceservice-v1beta1.json.gz"
+
+
+@dataclass(frozen=True)
+class Crd:
+    repository: str
+    path: str
+    version: str
+    out: str
+    licence: str
+
+
+CRDS = {
+    "kserve": Crd(
+        "kserve/kserve",
+        "config/crd/full/serving.kserve.io_inferenceservices.yaml",
+        "v1beta1",
+        "inferenceservice-v1beta1.json.gz",
+        "KServe is Apache-2.0 licensed.",
+    ),
+    "prometheus-operator": Crd(
+        "prometheus-operator/prometheus-operator",
+        "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+        "v1",
+        "podmonitor-v1.json.gz",
+        "The Prometheus Operator is Apache-2.0 licensed.",
+    ),
+}
 
 
 def without_descriptions(node: Any) -> Any:
@@ -33,18 +60,27 @@ def without_descriptions(node: Any) -> Any:
     return node
 
 
-def main(checkout: Path) -> None:
-    crd = yaml.safe_load(git(checkout, "show", f"HEAD:{CRD}"))
-    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+def main(project: str, checkout: Path) -> None:
+    crd = CRDS[project]
+    definition = yaml.safe_load(git(checkout, "show", f"HEAD:{crd.path}"))
+    [version] = [v for v in definition["spec"]["versions"] if v["name"] == crd.version]
     schema = without_descriptions(version["schema"]["openAPIV3Schema"])
     text = json.dumps(schema, separators=(",", ":"), sort_keys=True).encode()
-    OUT.write_bytes(gzip.compress(text, mtime=0))
-    described, commit = git(checkout, "describe", "--tags"), git(checkout, "rev-parse", "HEAD")
-    (HERE / "SOURCE").write_text(
-        f"kserve/kserve {described} (commit {commit}), {CRD}, version v1beta1,\n"
-        "descriptions removed (deploy/k8s/schema/vendor.py). KServe is Apache-2.0 licensed.\n"
+    out = HERE / crd.out
+    out.write_bytes(gzip.compress(text, mtime=0))
+    described, commit = (
+        git(checkout, "describe", "--tags", "--match", "v*"),
+        git(checkout, "rev-parse", "HEAD"),
     )
-    print(f"{OUT.name}: {OUT.stat().st_size} bytes from KServe {described}")
+    source = HERE / "SOURCE"
+    paragraphs = [p for p in source.read_text().split("\n\n") if p.strip()]
+    kept = [p for p in paragraphs if not p.startswith(crd.repository + " ")]
+    kept.append(
+        f"{crd.repository} {described} (commit {commit}), {crd.path}, version {crd.version},\n"
+        f"descriptions removed (deploy/k8s/schema/vendor.py). {crd.licence}"
+    )
+    source.write_text("\n\n".join(p.strip() for p in sorted(kept)) + "\n")
+    print(f"{out.name}: {out.stat().st_size} bytes from {crd.repository} {described}")
 
 
 def git(checkout: Path, *args: str) -> str:
@@ -54,4 +90,4 @@ def git(checkout: Path, *args: str) -> str:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(sys.argv[1], Path(sys.argv[2]))
