@@ -88,7 +88,7 @@ soak: setup
 retrain: setup
 	$(PY) -m training.retrain $(RETRAIN_ARGS)
 
-# The storage layout KServe's TorchServe runtime mounts at /mnt/models, with the store's default
+# The storage layout the project's KServe runtime mounts at /mnt/models, with the store's default
 # version; the container image takes that version too (docs/deployment.md).
 kserve-store: train-and-archive
 	$(PY) -m serving.kserve --out build/kserve
@@ -107,10 +107,11 @@ images: kserve-store
 	$(PODMAN_ENV) BASE_IMAGE=$(BASE_IMAGE) deploy/containers/build-images.sh
 
 # Builds, starts the stack, draws in a real browser, reads the row in the stack's PostgreSQL,
-# asks its Prometheus, and removes the containers and volumes (the images stay for next time).
+# asks its Prometheus, and removes the containers and volumes (the images stay for next time);
+# then runs the image as deploy/k8s's KServe runtime on `make kserve-store`'s layout.
 compose-smoke: images
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,compose]'
-	$(PODMAN_ENV) COMPOSE_SMOKE=1 $(PY) -m pytest -p no:cacheprovider -s -v tests/deploy/test_compose_stack.py
+	$(PODMAN_ENV) COMPOSE_SMOKE=1 $(PY) -m pytest -p no:cacheprovider -s -v tests/deploy/test_compose_stack.py tests/deploy/test_kserve_container.py
 
 # Train, archive and serve on a CUDA GPU, with accuracy and latency (results/gpu_check.json),
 # then the tests marked gpu.

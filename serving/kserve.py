@@ -1,8 +1,11 @@
-"""`python -m serving.kserve`: the storage layout that KServe's TorchServe runtime serves.
+"""`python -m serving.kserve`: the storage layout the project's KServe runtime serves.
 
-KServe mounts an InferenceService's `storageUri` at /mnt/models and starts
-`torchserve --start --model-store=/mnt/models/model-store
---ts-config=/mnt/models/config/config.properties`. This writes that layout:
+KServe mounts an InferenceService's `storageUri` at /mnt/models and starts the runtime's
+container: the project's own image (deploy/k8s/servingruntime.yaml), whose `kserve` role is
+`python -m serving.kserve --serve`, TorchServe in the foreground on that layout. KServe's stock
+`kserve-torchserve` runtime is not used: its image (pytorch/torchserve-kfs) has an older
+TorchServe and Python than the handler needs, and its wrapper binds 8080 and 8081 itself
+(docs/deployment.md). This writes the layout:
 
     model-store/mnist.mar        the store's default version of the model: `make archive`'s,
                                  or the retrained version promoted since (`serving.models`)
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +30,12 @@ import yaml
 from config import get_settings
 from model import versions
 from serving.archive import MODEL_CONFIG, ArchiveError
-from serving.server import CONFIG_PATH, read_properties, write_properties
+from serving.server import (
+    CONFIG_PATH,
+    read_properties,
+    torchserve_executable,
+    write_properties,
+)
 
 KSERVE_ROOT = "/mnt/models"
 METRICS_CONFIG = Path(__file__).resolve().parent.parent / "handler" / "metrics.yaml"
@@ -54,18 +63,16 @@ def kserve_properties(root: str, model_name: str, version: str) -> dict[str, str
     }
     properties.update(
         {
-            # KServe's runtime reaches the predictor on 8085 and scrapes 8082, from outside the
-            # pod's loopback; management stays inside the pod.
-            "inference_address": "http://0.0.0.0:8085",
+            # KServe sends its v1 protocol to the container's port, 8080, which TorchServe's
+            # own inference API serves; 8082 is scraped from outside the pod's loopback, and
+            # management stays inside the pod.
+            "inference_address": "http://0.0.0.0:8080",
             "management_address": "http://127.0.0.1:8081",
             "metrics_address": "http://0.0.0.0:8082",
             "grpc_inference_address": "0.0.0.0",
             "grpc_inference_port": "7070",
             "grpc_management_address": "127.0.0.1",
             "grpc_management_port": "7071",
-            # KServe's runtime configures TorchServe through TS_* variables (its protocol
-            # envelope); the model API stays off all the same (enable_model_api=false).
-            "enable_envvars_config": "true",
             # The key file is written inside each pod, where no client can read it: access is
             # decided by KServe's ingress and the cluster's policies (SECURITY.md).
             "disable_token_authorization": "true",
@@ -95,20 +102,36 @@ def build_store(model_store: Path, out: Path, root: str, model_name: str) -> ver
     return archive
 
 
+def torchserve_command(root: str) -> list[str]:
+    """TorchServe in the foreground on the layout mounted at `root`: the runtime's container."""
+    return [
+        torchserve_executable(), "--start", "--foreground", "--ncs",
+        f"--model-store={root}/model-store", f"--ts-config={root}/config/config.properties",
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model-store", type=Path, default=settings.model_store, help="archives and defaults"
-    )
+    parser.add_argument("--model-store", type=Path, help="archives and defaults (MODEL_STORE)")
     parser.add_argument("--out", type=Path, default=Path("build/kserve"), help="layout folder")
     parser.add_argument(
         "--root", default=KSERVE_ROOT, help="where KServe mounts it (paths in the config)"
     )
-    parser.add_argument("--model-name", default=settings.model_name)
+    parser.add_argument("--model-name", help="the model's name (MODEL_NAME)")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead, become TorchServe on the layout at --root (the runtime's container)",
+    )
     args = parser.parse_args(argv)
+    if args.serve:  # reads no settings: the pod's environment is KServe's, not the project's
+        command = torchserve_command(args.root)
+        os.execv(command[0], command)
+    settings = get_settings()
+    model_store = args.model_store or settings.model_store
+    model_name = args.model_name or settings.model_name
     try:
-        archive = build_store(args.model_store, args.out, args.root, args.model_name)
+        archive = build_store(model_store, args.out, args.root, model_name)
     except ArchiveError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

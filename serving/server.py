@@ -392,7 +392,7 @@ def _launch_command(
     }
     env.pop("TS_CONFIG_FILE", None)  # the launcher would prefer it over --ts-config
     command = [
-        _torchserve_executable(),
+        torchserve_executable(),
         "--start",
         "--ncs",
         "--ts-config",
@@ -415,7 +415,7 @@ def run_in_foreground(settings: Settings, log_config: Path | None = LOG_CONFIG_P
     os.execvpe(command[0], [*command, "--foreground"], env)
 
 
-def _torchserve_executable() -> str:
+def torchserve_executable() -> str:
     """The venv's launcher, so the workers run on the venv's Python."""
     candidate = Path(sys.executable).with_name("torchserve")
     return str(candidate) if candidate.exists() else "torchserve"

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The image's entrypoint (Containerfile): `serve` (TorchServe), `app` (the drawing app), or
-# `health`, the health check of whichever of the two this container runs.
+# The image's entrypoint (Containerfile): `serve` (TorchServe), `app` (the drawing app),
+# `kserve` (TorchServe on the layout KServe mounts at /mnt/models, deploy/k8s), or `health`, the
+# health check of whichever of the first two this container runs.
 set -eu
 role_file=/tmp/mnist-role
 case "${1:-serve}" in
@@ -10,6 +11,8 @@ case "${1:-serve}" in
     app)
         echo app > "$role_file"
         exec python -m client_ui ;;
+    kserve)
+        exec python -m serving.kserve --serve ;;
     health)
         if [ "$(cat "$role_file")" = app ]; then
             exec python -m client_ui.health

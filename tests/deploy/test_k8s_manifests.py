@@ -1,7 +1,7 @@
 """The Kubernetes manifests in deploy/k8s, checked without a cluster: core kinds against the
 Kubernetes API's schemas (kubernetes-validate, strict: an unknown field is an error), the
-InferenceService and the PodMonitors against KServe's and the Prometheus Operator's own CRD
-schemas (vendored, deploy/k8s/schema/SOURCE), and the wiring between them."""
+InferenceService, the ServingRuntime and the PodMonitors against KServe's and the Prometheus
+Operator's own CRD schemas (vendored, deploy/k8s/schema/SOURCE), and the wiring between them."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.33.0"
 ISVC_SCHEMA = K8S_DIR / "schema" / "inferenceservice-v1beta1.json.gz"
 POD_MONITOR_SCHEMA = K8S_DIR / "schema" / "podmonitor-v1.json.gz"
-CUSTOM_KINDS = ("InferenceService", "PodMonitor")
+RUNTIME_SCHEMA = K8S_DIR / "schema" / "servingruntime-v1alpha1.json.gz"
+CUSTOM_KINDS = ("InferenceService", "ServingRuntime", "PodMonitor")
+ENTRYPOINT = PROJECT_ROOT / "deploy" / "containers" / "entrypoint.sh"
 ALERTS = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
@@ -64,6 +66,17 @@ def validate_inference_service(document: dict[str, Any]) -> None:
 def validate_pod_monitor(document: dict[str, Any]) -> None:
     schema = strict(json.loads(gzip.decompress(POD_MONITOR_SCHEMA.read_bytes())))
     jsonschema.validate(document, schema)
+
+
+def validate_serving_runtime(document: dict[str, Any]) -> None:
+    schema = strict(json.loads(gzip.decompress(RUNTIME_SCHEMA.read_bytes())))
+    jsonschema.validate(document, schema)
+
+
+def layout_port(name: str) -> int:
+    """A listener's port in `make kserve-store`'s config.properties."""
+    properties = kserve_properties("/mnt/models", "mnist", "1")
+    return int(properties[name].rsplit(":")[-1])
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -155,43 +168,70 @@ def test_prometheus_scrapes_torchserves_metrics_port_under_the_alerts_job_names(
     assert f'job="{job["replacement"]}"' in alerts and f'job="{app_job}"' in alerts
 
 
-def test_the_inference_service_uses_kserves_torchserve_runtime_and_our_layout() -> None:
+def test_the_serving_runtime_matches_kserves_schema() -> None:
+    runtime = the("ServingRuntime", "mnist-runtime")
+    validate_serving_runtime(runtime)
+    misspelt = copy.deepcopy(runtime)
+    misspelt["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_serving_runtime(misspelt)
+
+
+def test_the_inference_service_runs_on_the_projects_image_and_layout() -> None:
+    """Not KServe's stock kserve-torchserve runtime, whose image cannot run this handler."""
     isvc = the("InferenceService", "mnist")
     model = isvc["spec"]["predictor"]["model"]
-    assert "serviceEnvelope" not in isvc["metadata"]["labels"]  # the handler reads KServe v1
-    assert model["modelFormat"]["name"] == "pytorch"
-    assert model["runtime"] == "kserve-torchserve"
-    assert model["protocolVersion"] == "v1"
+    runtime = the("ServingRuntime", model["runtime"])["spec"]
+    assert {"name": model["modelFormat"]["name"], "version": "1", "autoSelect": False} in runtime[
+        "supportedModelFormats"
+    ]
+    assert model["protocolVersion"] in runtime["protocolVersions"]
     assert model["storageUri"]
     assert model["resources"]["limits"]["memory"]  # a worker that leaks is stopped, not the node
+    [container] = runtime["containers"]
+    [app] = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == app["image"]
+    [role] = container["args"]
+    assert f"    {role})\n        exec python -m serving.kserve --serve" in ENTRYPOINT.read_text()
+    # KServe's Service sends traffic to the first port: TorchServe's inference listener.
+    assert container["ports"][0]["containerPort"] == layout_port("inference_address")
+    assert container["readinessProbe"]["httpGet"]["port"] == layout_port("inference_address")
+    assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_layouts_listeners_each_have_a_port_of_their_own() -> None:
+    properties = kserve_properties("/mnt/models", "mnist", "1")
+    addresses = ("inference_address", "management_address", "metrics_address")
+    ports = [layout_port(name) for name in addresses]
+    ports += [int(properties["grpc_inference_port"]), int(properties["grpc_management_port"])]
+    assert len(set(ports)) == len(ports)
 
 
 def test_the_app_reaches_torchserve_through_the_direct_service() -> None:
     service = the("Service", "mnist-torchserve")
-    inference_port = kserve_properties("/mnt/models", "mnist", "1")["inference_address"]
-    assert {p["port"] for p in service["spec"]["ports"]} == {
-        int(inference_port.rsplit(":")[-1]),
-        7070,
-    }
+    inference, metrics = layout_port("inference_address"), layout_port("metrics_address")
+    grpc = int(kserve_properties("/mnt/models", "mnist", "1")["grpc_inference_port"])
+    assert {p["port"] for p in service["spec"]["ports"]} == {inference, grpc, metrics}
     assert service["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "mnist"}
     [container] = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
-    assert env["TS_INFERENCE_URL"] == "http://mnist-torchserve:8085"
-    assert env["TS_GRPC_TARGET"] == "mnist-torchserve:7070"
+    assert env["TS_INFERENCE_URL"] == f"http://mnist-torchserve:{inference}"
+    assert env["TS_METRICS_URL"] == f"http://mnist-torchserve:{metrics}"
+    assert env["TS_GRPC_TARGET"] == f"mnist-torchserve:{grpc}"
 
 
-def test_only_the_app_may_call_torchserves_own_api() -> None:
+def test_only_the_app_may_call_torchserves_grpc_api_and_no_one_its_management() -> None:
     policy = the("NetworkPolicy", "mnist-torchserve")["spec"]
     app_labels = the("StatefulSet", "mnist-app")["spec"]["template"]["metadata"]["labels"]
-    [own_api] = [
-        rule for rule in policy["ingress"] if {p["port"] for p in rule["ports"]} == {8085, 7070}
-    ]
-    [source] = own_api["from"]
+    [grpc_api] = [rule for rule in policy["ingress"] if "from" in rule]
+    assert {p["port"] for p in grpc_api["ports"]} == {7070}
+    [source] = grpc_api["from"]
     assert source["podSelector"]["matchLabels"].items() <= app_labels.items()
     open_ports = {
         p["port"] for rule in policy["ingress"] if "from" not in rule for p in rule["ports"]
     }
-    assert open_ports.isdisjoint({8085, 7070, 8081, 7071})  # never the API or management
+    assert open_ports == {layout_port("inference_address"), layout_port("metrics_address")}
+    assert layout_port("management_address") not in open_ports | {7070}
 
 
 def test_the_app_takes_its_secrets_from_a_secret_and_runs_locked_down() -> None:
@@ -204,6 +244,7 @@ def test_the_app_takes_its_secrets_from_a_secret_and_runs_locked_down() -> None:
         }
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["enableServiceLinks"] is False  # a Service named postgres sets POSTGRES_PORT
     assert (
         container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
     )
@@ -243,5 +284,6 @@ def test_several_app_replicas_have_sticky_sessions() -> None:
 def test_every_manifest_belongs_to_the_project() -> None:
     assert all(m["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mnist" for m in manifests())
     assert {Path(p).name for p in K8S_DIR.glob("*.yaml")} == {
-        "app.yaml", "inferenceservice.yaml", "monitoring.yaml", "torchserve-direct.yaml",
+        "app.yaml", "inferenceservice.yaml", "monitoring.yaml", "servingruntime.yaml",
+        "torchserve-direct.yaml",
     }  # fmt: skip

@@ -1,13 +1,14 @@
 """The storage layout for KServe (`make kserve-store`), made from a model store whose default is
-a promoted retrained version, and served the way KServe's TorchServe runtime serves it:
-`torchserve --start --model-store=<root>/model-store --ts-config=<root>/config/config.properties`,
-with only its listeners moved to free ports on 127.0.0.1."""
+a promoted retrained version, and served the way the project's ServingRuntime serves it
+(`python -m serving.kserve --serve --root <root>`, the image's `kserve` role), with only its
+listeners moved to free ports on 127.0.0.1. `make compose-smoke` runs the image itself so."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,6 @@ from training.drawings import drawings
 
 pytestmark = pytest.mark.slow
 
-TORCHSERVE = Path(sys.executable).parent / "torchserve"
 READY_TIMEOUT_S = 240.0
 
 
@@ -68,11 +68,11 @@ def test_the_layout_is_the_one_kserve_expects(scripted_model: Path, tmp_path: Pa
         "model-store/mnist.mar",
     ]
     properties = read_properties(tmp_path / "store" / "config" / "config.properties")
-    assert properties["inference_address"] == "http://0.0.0.0:8085"
+    assert properties["inference_address"] == "http://0.0.0.0:8080"  # KServe's port
     assert properties["metrics_address"] == "http://0.0.0.0:8082"
     assert properties["grpc_inference_port"] == "7070"
     assert properties["management_address"] == "http://127.0.0.1:8081"  # inside the pod only
-    assert properties["enable_envvars_config"] == "true"
+    assert properties["enable_envvars_config"] == "false"
     assert properties["enable_model_api"] == "false"
     assert properties["model_store"] == "/mnt/models/model-store"
     assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
@@ -102,7 +102,7 @@ def test_an_empty_store_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """TorchServe started from the layout by KServe's own command line."""
+    """TorchServe started from the layout by the runtime container's own command."""
     root = tmp_path / "mnt-models"
     made = make_store(model_store(trained_model, tmp_path / "model_store"), root, str(root))
     assert made.returncode == 0, made.stderr
@@ -125,18 +125,12 @@ def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str,
         "TMPDIR": str(tmp_path),
         "LOG_LOCATION": str(tmp_path / "logs"),
         "METRICS_LOCATION": str(tmp_path / "logs"),
-        # What KServe's runtime sets from the InferenceService's `serviceEnvelope` label, which
-        # deploy/k8s leaves out: the handler reads KServe's v1 instances itself.
-        "TS_SERVICE_ENVELOPE": "",
     }
-    kserve_command = [
-        str(TORCHSERVE), "--start", f"--model-store={root}/model-store",
-        f"--ts-config={root}/config/config.properties",
-    ]  # fmt: skip
-    # Not capture_output: the JVM inherits the launcher's stdout and keeps it open.
+    command = [sys.executable, "-m", "serving.kserve", "--serve", "--root", str(root)]
+    # Not a pipe: the JVM inherits the launcher's stdout and keeps it open.
     with (tmp_path / "torchserve.out").open("w") as console:
-        subprocess.run(
-            kserve_command, check=True, cwd=tmp_path, env=env, stdout=console, stderr=console
+        server = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=console, stderr=console, start_new_session=True
         )
     urls = {
         "inference": f"http://127.0.0.1:{inference}",
@@ -146,13 +140,15 @@ def kserve_torchserve(trained_model: Path, tmp_path: Path) -> Iterator[dict[str,
         wait_until_ok(f"{urls['inference']}/ping", READY_TIMEOUT_S, tmp_path / "torchserve.out")
         yield urls
     finally:
-        with (tmp_path / "torchserve.out").open("a") as console:
-            subprocess.run(
-                [str(TORCHSERVE), "--stop"], cwd=tmp_path, env=env, stdout=console, stderr=console
-            )
+        os.killpg(server.pid, signal.SIGTERM)  # the launcher, the JVM and its workers
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
-def test_torchserve_serves_the_layout_with_kserves_command_line(
+def test_torchserve_serves_the_layout_as_the_runtimes_container_runs_it(
     kserve_torchserve: dict[str, str], mnist_dir: Path
 ) -> None:
     samples = drawings("black_on_white", 20, data_dir=mnist_dir, seed=11)
@@ -167,7 +163,7 @@ def test_torchserve_serves_the_layout_with_kserves_command_line(
     print(f"\nKServe layout: {correct} of {len(samples)} drawings read right")
     assert correct >= 17  # the session's model is trained for one epoch only
     assert {answer["model_version"] for answer in answers} == {PROMOTED}
-    # KServe's v1 protocol, as KServe's runtime forwards it to TorchServe's own v1 route.
+    # KServe's v1 protocol, on the same listener: TorchServe's own v1 route.
     instances = [{"b64": base64.b64encode(image).decode()} for image, _ in samples[:5]]
     v1 = requests.post(
         f"{kserve_torchserve['inference']}/v1/models/mnist:predict",

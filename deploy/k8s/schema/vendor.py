@@ -1,11 +1,12 @@
 """Refresh a vendored custom-resource schema from a checkout of the project that defines it.
 
-    python deploy/k8s/schema/vendor.py kserve ~/src/kserve
-    python deploy/k8s/schema/vendor.py prometheus-operator ~/src/prometheus-operator
+    python deploy/k8s/schema/vendor.py inferenceservice ~/src/kserve
+    python deploy/k8s/schema/vendor.py servingruntime ~/src/kserve
+    python deploy/k8s/schema/vendor.py podmonitor ~/src/prometheus-operator
 
 Takes one version's OpenAPI schema out of the CRD in the checkout (a work tree or a bare clone),
 drops the descriptions (most of its size) and writes it gzipped beside this file, with the
-version it came from in that project's paragraph of SOURCE.
+version it came from in that CRD's paragraph of SOURCE.
 """
 
 from __future__ import annotations
@@ -33,14 +34,21 @@ class Crd:
 
 
 CRDS = {
-    "kserve": Crd(
+    "inferenceservice": Crd(
         "kserve/kserve",
         "config/crd/full/serving.kserve.io_inferenceservices.yaml",
         "v1beta1",
         "inferenceservice-v1beta1.json.gz",
         "KServe is Apache-2.0 licensed.",
     ),
-    "prometheus-operator": Crd(
+    "servingruntime": Crd(
+        "kserve/kserve",
+        "config/crd/full/serving.kserve.io_servingruntimes.yaml",
+        "v1alpha1",
+        "servingruntime-v1alpha1.json.gz",
+        "KServe is Apache-2.0 licensed.",
+    ),
+    "podmonitor": Crd(
         "prometheus-operator/prometheus-operator",
         "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
         "v1",
@@ -60,8 +68,8 @@ def without_descriptions(node: Any) -> Any:
     return node
 
 
-def main(project: str, checkout: Path) -> None:
-    crd = CRDS[project]
+def main(name: str, checkout: Path) -> None:
+    crd = CRDS[name]
     definition = yaml.safe_load(git(checkout, "show", f"HEAD:{crd.path}"))
     [version] = [v for v in definition["spec"]["versions"] if v["name"] == crd.version]
     schema = without_descriptions(version["schema"]["openAPIV3Schema"])
@@ -74,7 +82,7 @@ def main(project: str, checkout: Path) -> None:
     )
     source = HERE / "SOURCE"
     paragraphs = [p for p in source.read_text().split("\n\n") if p.strip()]
-    kept = [p for p in paragraphs if not p.startswith(crd.repository + " ")]
+    kept = [p for p in paragraphs if f", {crd.path}, " not in p]
     kept.append(
         f"{crd.repository} {described} (commit {commit}), {crd.path}, version {crd.version},\n"
         f"descriptions removed (deploy/k8s/schema/vendor.py). {crd.licence}"
