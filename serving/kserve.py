@@ -32,6 +32,7 @@ from model import versions
 from serving.archive import MODEL_CONFIG, ArchiveError
 from serving.server import (
     CONFIG_PATH,
+    foreground_command,
     read_properties,
     torchserve_executable,
     write_properties,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.serve:  # reads no settings: the pod's environment is KServe's, not the project's
-        command = torchserve_command(args.root)
+        command = foreground_command(torchserve_command(args.root))
         os.execv(command[0], command)
     settings = get_settings()
     model_store = args.model_store or settings.model_store

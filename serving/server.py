@@ -31,10 +31,10 @@ import psutil
 from config import PROJECT_ROOT, Settings, get_settings
 from model import versions
 from serving.client import TorchServeClient, TorchServeError
+from serving.foreground import is_frontend
 
 CONFIG_PATH = PROJECT_ROOT / "config.properties"
 LOG_CONFIG_PATH = PROJECT_ROOT / "log4j2.xml"
-FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 KEY_FILE_NAME = "key_file.json"
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -174,7 +174,7 @@ def running_instance(settings: Settings) -> ServerHandle | None:
         pid = int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if _is_frontend(pid):
+    if is_frontend(pid):
         return ServerHandle(pid=pid, settings=settings)
     path.unlink(missing_ok=True)
     return None
@@ -224,7 +224,7 @@ def wait_until_ready(
     last_problem = "no answer yet"
     try:
         while time.monotonic() < deadline:
-            if pid is not None and not _is_frontend(pid):
+            if pid is not None and not is_frontend(pid):
                 raise ServerError(f"TorchServe exited during start-up.\n{log_tail(settings)}")
             try:
                 return _ready_description(client)
@@ -406,27 +406,25 @@ def _launch_command(
 
 
 def run_in_foreground(settings: Settings, log_config: Path | None = LOG_CONFIG_PATH) -> NoReturn:
-    """Become TorchServe, in the foreground: the main process of a container."""
+    """Become TorchServe in the foreground, the main process of a container, through
+    `serving.foreground`, which stops it properly when the container is stopped."""
     _check_can_start(settings)
     config = write_config(effective_config_path(settings), settings)
     settings.key_file.unlink(missing_ok=True)  # a stale key file would answer for the new server
     command, env = _launch_command(settings, config, log_config)
     os.chdir(settings.key_file.parent)
-    os.execvpe(command[0], [*command, "--foreground"], env)
+    os.execvpe(sys.executable, foreground_command([*command, "--foreground"]), env)
+
+
+def foreground_command(command: list[str]) -> list[str]:
+    """`command` (TorchServe's launcher in the foreground) under `serving.foreground`."""
+    return [sys.executable, "-m", "serving.foreground", *command]
 
 
 def torchserve_executable() -> str:
     """The venv's launcher, so the workers run on the venv's Python."""
     candidate = Path(sys.executable).with_name("torchserve")
     return str(candidate) if candidate.exists() else "torchserve"
-
-
-def _is_frontend(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and FRONTEND_CLASS in process.cmdline()
-    except psutil.Error:
-        return False
 
 
 def _start(settings: Settings, args: argparse.Namespace) -> int:

@@ -239,3 +239,14 @@ def test_the_measured_memory_fits_the_kubernetes_limits(stack: Stack) -> None:
     [app_container] = the("StatefulSet", "mnist-app")["spec"]["template"]["spec"]["containers"]
     assert sum(torchserve.values()) < mebibytes(predictor["requests"]["memory"])
     assert sum(app.values()) < mebibytes(app_container["resources"]["requests"]["memory"])
+
+
+def test_the_app_and_torchserve_stop_when_asked(stack: Stack) -> None:
+    """Stopped last: each ends on SIGTERM within podman's grace period, not by SIGKILL (137)."""
+    exits = {}
+    for service in ("app", "torchserve"):
+        podman("stop", "--time", "30", stack.container(service))
+        state = podman("inspect", "--format", "{{.State.ExitCode}}", stack.container(service))
+        exits[service] = int(state.split()[0])
+    print(f"\nexit status after `podman stop`: {exits}")
+    assert exits == {"app": 0, "torchserve": 0}

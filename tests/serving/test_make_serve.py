@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -13,6 +17,7 @@ import requests
 
 from config import PROJECT_ROOT, load_settings
 from serving.client import ServerUnavailableError, TorchServeClient
+from serving.foreground import FRONTEND_CLASS
 from serving.server import private_instance_env
 from tests.fixtures.serving import RunningTorchServe
 
@@ -66,3 +71,39 @@ def test_make_serve_and_stop_twice_each(torchserve: RunningTorchServe, tmp_path:
     assert "not running" in again.stdout
     # The session's server was never touched.
     assert requests.get(f"{torchserve.settings.metrics_url}/metrics", timeout=10).ok
+
+
+def test_foreground_stops_its_frontend_when_asked(
+    torchserve: RunningTorchServe, tmp_path: Path
+) -> None:
+    """A container's stop: SIGTERM to `python -m serving.server foreground` (its process 1)
+    stops TorchServe's frontend as `torchserve --stop` does, and then ends, leaving nothing."""
+    overrides = private_instance_env(tmp_path, torchserve.settings.model_store, "mnist")
+    env = {**os.environ, **overrides}
+    settings = load_settings(env)
+    command = [sys.executable, "-m", "serving.server", "foreground"]
+    with (tmp_path / "foreground.out").open("w") as log:
+        main = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=log)
+    started = psutil.Process(main.pid)
+    tree: list[psutil.Process] = []
+    try:
+        with TorchServeClient(settings, retries=0) as client:
+            deadline = time.monotonic() + 240
+            while True:
+                try:
+                    assert client.health() == {"status": "Healthy"}
+                    break
+                except ServerUnavailableError:
+                    assert main.poll() is None and time.monotonic() < deadline
+                    time.sleep(1)
+        tree += started.children(recursive=True)
+        [frontend] = [process for process in tree if FRONTEND_CLASS in process.cmdline()]
+        main.send_signal(signal.SIGTERM)
+        status = main.wait(timeout=120)
+        print(f"\nforeground ended with status {status} after SIGTERM")
+        assert not frontend.is_running()
+        assert status in (0, 128 + signal.SIGTERM)  # the JVM's own exit on SIGTERM
+    finally:
+        for process in [started, *tree]:  # whatever is left, if the test failed
+            with contextlib.suppress(psutil.Error):
+                process.kill()

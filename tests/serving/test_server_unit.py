@@ -105,8 +105,10 @@ def test_foreground_becomes_torchserve_in_the_foreground_in_the_key_files_folder
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: became.append((file, args, env)))
     monkeypatch.chdir(tmp_path.parent)
     run_in_foreground(settings)
-    [(file, args, env)] = became
-    assert args[0] == file and Path(file).name == "torchserve"
+    [(file, supervised, env)] = became
+    assert supervised[:3] == [file, "-m", "serving.foreground"]  # stops it on SIGTERM
+    args = supervised[3:]
+    assert Path(args[0]).name == "torchserve"
     assert args[1] == "--start" and args[-1] == "--foreground"
     config = Path(args[args.index("--ts-config") + 1])
     assert read_properties(config)["inference_address"] == settings.inference_url
