@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -18,7 +17,7 @@ import requests
 from config import PROJECT_ROOT, load_settings
 from serving.client import ServerUnavailableError, TorchServeClient
 from serving.foreground import FRONTEND_CLASS
-from serving.server import private_instance_env
+from serving.server import private_instance_env, wait_until_ready
 from tests.fixtures.serving import RunningTorchServe
 
 pytestmark = pytest.mark.slow
@@ -87,15 +86,7 @@ def test_foreground_stops_its_frontend_when_asked(
     started = psutil.Process(main.pid)
     tree: list[psutil.Process] = []
     try:
-        with TorchServeClient(settings, retries=0) as client:
-            deadline = time.monotonic() + 240
-            while True:
-                try:
-                    assert client.health() == {"status": "Healthy"}
-                    break
-                except ServerUnavailableError:
-                    assert main.poll() is None and time.monotonic() < deadline
-                    time.sleep(1)
+        wait_until_ready(settings)
         tree += started.children(recursive=True)
         [frontend] = [process for process in tree if FRONTEND_CLASS in process.cmdline()]
         main.send_signal(signal.SIGTERM)
