@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from nicegui import background_tasks, run, ui
@@ -55,6 +57,13 @@ class DrawPage:
     def __init__(self, services: AppServices) -> None:
         self.services = services
         self.draft: PredictionDraft | None = None
+        #: The drawing before a Clear, until the candidate's answer about it is stored.
+        self.previous_draft: PredictionDraft | None = None
+        #: The newest drawing the candidate has not been asked about; one call at a time.
+        self.shadow_wanted: PredictionDraft | None = None
+        self.shadow_running = False
+        #: Saves in the order they were asked for, so the newest state of a drawing lands last.
+        self.save_lock = asyncio.Lock()
         self.drawing_key = uuid.uuid4().hex
         self.last_png: bytes | None = None
         self.sequence = 0
@@ -175,35 +184,59 @@ class DrawPage:
             self.model_view.set_source(data_url(view) if view else "")
         await self._save(draft)
         if self.services.shadow_version:
-            background_tasks.create(self._shadow(draft), name="shadow prediction")
+            self.shadow_wanted = draft
+            if not self.shadow_running:
+                self.shadow_running = True
+                background_tasks.create(self._shadow_newest(), name="shadow prediction")
+
+    async def _shadow_newest(self) -> None:
+        """Ask the candidate about the newest drawing until none is waiting: strokes drawn while
+        it answers are folded into one call, so a slow candidate cannot pile up work."""
+        try:
+            while self.shadow_wanted is not None:
+                draft, self.shadow_wanted = self.shadow_wanted, None
+                await self._shadow(draft)
+        finally:
+            self.shadow_running = False
 
     async def _shadow(self, draft: PredictionDraft) -> None:
         """Ask the candidate version about the same drawing and store its answer beside the live
-        one. Off the person's path: the live answer is already shown, and a failure is logged,
+        one. Off the person's path: the live answer is already shown, the call runs on the
+        candidate's own threads (`AppServices.shadow_executor`), and a failure is logged,
         never shown."""
         version = self.services.shadow_version
+        ask = partial(self.services.model_client.predict, draft.image_data, version=version)
         try:
-            answer = await run.io_bound(
-                self.services.model_client.predict, draft.image_data, version=version
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self.services.shadow_executor, ask
             )
         except TorchServeError as error:
             metrics.SHADOW_ANSWERS.labels("failed").inc()
             log.info("shadow prediction by version %s failed: %s", version, error)
             return
-        if answer is None:  # NiceGUI cancels io_bound work when the app stops
-            return
         agreed = int(answer["digit"]) == draft.predicted_digit
         metrics.SHADOW_ANSWERS.labels("agreed" if agreed else "disagreed").inc()
-        current = self.draft
-        if current is None or current.key != draft.key or current.image_data != draft.image_data:
+        current = self._newest_state(draft.key)
+        if current is None or current.image_data != draft.image_data:
             return  # the person drew on; the newer drawing gets its own shadow answer
-        self.draft = replace(
+        answered = replace(
             current,
             shadow_version=str(answer.get("model_version", version)),
             shadow_digit=int(answer["digit"]),
             shadow_confidence=_probability(answer["confidence"]),
         )
-        await self._save(self.draft)
+        if current is self.draft:
+            self.draft = answered
+        else:
+            self.previous_draft = answered
+        await self._save(answered)
+
+    def _newest_state(self, key: str) -> PredictionDraft | None:
+        """This page's newest state of drawing `key`: the one on the canvas or the one cleared."""
+        for draft in (self.draft, self.previous_draft):
+            if draft is not None and draft.key == key:
+                return draft
+        return None
 
     async def confirm_label(self, digit: int) -> None:
         if self.draft is None:
@@ -216,7 +249,8 @@ class DrawPage:
 
     async def _save(self, draft: PredictionDraft) -> None:
         """Save even if the canvas was cleared meanwhile; report only on the current drawing."""
-        outcome = await run.io_bound(self.services.store.save, draft)
+        async with self.save_lock:
+            outcome = await run.io_bound(self.services.store.save, draft)
         if draft.key != self.drawing_key:
             return
         self.waiting_for_database = outcome is SaveOutcome.PENDING
@@ -273,6 +307,7 @@ class DrawPage:
 
     def _start_new_drawing(self, hint: str) -> None:
         self.sequence += 1
+        self.previous_draft = self.draft or self.previous_draft
         self.draft = None
         self.drawing_key = uuid.uuid4().hex
         self.waiting_for_database = False

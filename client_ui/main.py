@@ -81,6 +81,7 @@ def register_lifecycle(services: AppServices) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        services.shadow_executor.shutdown(wait=False, cancel_futures=True)
         services.database.dispose()
 
     app.on_startup(start)

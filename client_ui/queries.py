@@ -180,9 +180,9 @@ class VersionRecord:
 
 @dataclass
 class ShadowComparison:
-    """The live versions against the shadow-tested candidate, on the same drawings."""
+    """The live versions against one shadow-tested candidate version, on the same drawings."""
 
-    candidates: set[str] = field(default_factory=set)
+    candidate_version: str
     #: Drawings that got both answers, and those of them where the two differ.
     shadowed: int = 0
     disagreements: int = 0
@@ -206,7 +206,8 @@ class Statistics:
     confidence_right: list[float] = field(default_factory=list)
     confidence_wrong: list[float] = field(default_factory=list)
     versions: dict[str, VersionRecord] = field(default_factory=dict)
-    shadow: ShadowComparison = field(default_factory=ShadowComparison)
+    #: One comparison per candidate version, in the order they were first shadow-tested.
+    shadows: dict[str, ShadowComparison] = field(default_factory=dict)
 
     @property
     def mean_confidence_right(self) -> float | None:
@@ -246,8 +247,10 @@ def compute_statistics(session: Session) -> Statistics:
         stats.total += 1
         record = stats.versions.setdefault(version, VersionRecord())
         record.drawings += 1
-        if shadow_digit is not None:
-            _compare(stats.shadow, predicted, shadow_digit, shadow_version, label)
+        candidate = shadow_version or "unknown"
+        if shadow_digit is not None and candidate != version:  # not a version against itself
+            comparison = stats.shadows.setdefault(candidate, ShadowComparison(candidate))
+            _compare(comparison, predicted, shadow_digit, label)
         if label is None:
             continue
         right = label == predicted
@@ -263,13 +266,9 @@ def compute_statistics(session: Session) -> Statistics:
     return stats
 
 
-def _compare(
-    shadow: ShadowComparison, live: int, candidate: int, version: str | None, label: int | None
-) -> None:
+def _compare(shadow: ShadowComparison, live: int, candidate: int, label: int | None) -> None:
     shadow.shadowed += 1
     shadow.disagreements += live != candidate
-    if version:
-        shadow.candidates.add(version)
     if label is not None:
         shadow.live.add(live == label)
         shadow.candidate.add(candidate == label)

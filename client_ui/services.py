@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from client_ui.database import Database
@@ -29,6 +30,13 @@ class ModelClient(Protocol):
 #: Seconds each status call to TorchServe may take: the status panel must not wait for a hung
 #: server as long as a prediction would.
 STATUS_TIMEOUT_S = 1.0
+#: Threads for the shadow-tested candidate, apart from the ones live predictions and saves use,
+#: so a slow candidate never delays a live answer; each page asks it one drawing at a time.
+SHADOW_THREADS = 2
+
+
+def _shadow_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=SHADOW_THREADS, thread_name_prefix="shadow")
 
 
 @dataclass
@@ -40,6 +48,7 @@ class AppServices:
     status_client: ModelClient | None = None
     #: The candidate version every drawing is also sent to (shadow testing), or None.
     shadow_version: str | None = None
+    shadow_executor: ThreadPoolExecutor = field(default_factory=_shadow_threads)
 
     @property
     def status(self) -> ModelClient:

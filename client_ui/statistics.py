@@ -67,8 +67,8 @@ async def _fill_statistics(content: ui.column, loading: ui.label, services: AppS
         with ui.row().classes("w-full gap-4 no-wrap"):
             _versions_table(stats)
             _accuracy_per_day_by_version(stats)
-        if stats.shadow.shadowed:
-            _shadow_comparison(stats.shadow)
+        for shadow in reversed(stats.shadows.values()):  # the newest candidate first
+            _shadow_comparison(shadow)
 
 
 def _status_panel(status: ServerStatus) -> None:
@@ -274,10 +274,10 @@ def _accuracy_per_day_by_version(stats: Statistics) -> None:
 
 
 def _shadow_comparison(shadow: ShadowComparison) -> None:
-    """Live against the candidate on the same labelled drawings (shadow testing)."""
+    """Live against one candidate on the same labelled drawings (shadow testing)."""
     with testid(ui.card().classes("w-full"), "shadow-panel"):
-        candidates = ", ".join(sorted(shadow.candidates)) or "–"
-        ui.label(f"Shadow test: live against candidate {candidates}").classes("font-bold")
+        version = shadow.candidate_version
+        ui.label(f"Shadow test: live against candidate {version}").classes("font-bold")
         with ui.row().classes("gap-8"):
             _figure("Drawings answered by both", str(shadow.shadowed), "shadow-count")
             _figure("Where they disagree", str(shadow.disagreements), "shadow-disagreements")

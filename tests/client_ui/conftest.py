@@ -44,12 +44,16 @@ class FakeModelClient:
         self.shadow_digit = (digit + 1) % 10
         self.versions_down: set[str] = set()
         self.versions_asked: list[str | None] = []
+        #: When set, the candidate (any version) answers only once the gate is opened.
+        self.candidate_gate: threading.Event | None = None
 
     def predict(self, image_bytes: bytes, *, version: str | None = None) -> dict[str, Any]:
         if self.down or (version is not None and version in self.versions_down):
             raise ServerUnavailableError("connection refused (fake)")
         self.requests.append(image_bytes)
         self.versions_asked.append(version)
+        if version is not None and self.candidate_gate is not None:
+            self.candidate_gate.wait(timeout=30)
         time.sleep(self.delay_s)
         digit = self.digit if version is None else self.shadow_digit
         rest = (1 - self.confidence) / 9

@@ -4,6 +4,9 @@ the Statistics and History pages per model version."""
 
 from __future__ import annotations
 
+import threading
+
+from nicegui import ui
 from nicegui.testing.user import User
 
 from client_ui import queries
@@ -60,15 +63,55 @@ async def test_without_a_candidate_only_the_live_version_is_asked(
     assert shadow_columns(services.database) == [(3, "1.0", None, None, None)]
 
 
-def add_versioned(database: Database, rows: list[tuple[str, int, int | None, int | None]]) -> None:
-    """(version, predicted, true label, shadow digit) rows; the shadow is version 3.0's."""
+async def test_a_slow_candidate_never_delays_the_live_answers(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    """More strokes than NiceGUI has threads for io_bound work, while the candidate hangs."""
+    services.shadow_version = "2.0"
+    fake_client.candidate_gate = threading.Event()
+    await user.open("/")
+    try:
+        for stroke_number in range(1, 13):
+            stroke(user, digit_png(280 - stroke_number))
+            await eventually(lambda n=stroke_number: fake_client.versions_asked.count(None) == n)
+        await user.should_see("Saved as #1")
+        assert fake_client.versions_asked.count("2.0") == 1  # the first stroke's, still waiting
+    finally:
+        fake_client.candidate_gate.set()
+    await eventually(lambda: fake_client.versions_asked.count("2.0") == 2)  # then the newest
+    assert fake_client.requests[-1] == digit_png(280 - 12)
+    await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", None)])
+
+
+async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_label(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    services.shadow_version = "2.0"
+    fake_client.candidate_gate = threading.Event()
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    user.find(marker="label-3").click()
+    await user.should_see("true label 3")
+    user.find(marker="clear-button").click()
+    await user.should_not_see("Saved as #1")
+    fake_client.candidate_gate.set()
+    await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", 3)])
+
+
+def add_versioned(
+    database: Database,
+    rows: list[tuple[str, int, int | None, int | None]],
+    candidate: str = "3.0",
+) -> None:
+    """(version, predicted, true label, shadow digit) rows; the shadow is `candidate`'s."""
     with database.session() as session:
         for version, predicted, label, shadow in rows:
             values = {
                 "timestamp": utc_now(), "predicted_digit": predicted, "confidence": 0.9,
                 "true_label": label, "image_data": digit_png(), "model_version": version,
                 "latency_ms": 5.0, "shadow_digit": shadow,
-                "shadow_version": None if shadow is None else "3.0",
+                "shadow_version": None if shadow is None else candidate,
             }  # fmt: skip
             queries.insert_prediction(session, values)
 
@@ -90,6 +133,37 @@ async def test_statistics_compare_versions_and_the_shadow_candidate(
     await user.should_see("2", marker="shadow-disagreements")
     await user.should_see("50.0%", marker="shadow-live-accuracy")
     await user.should_see("100.0%", marker="shadow-candidate-accuracy")
+
+
+async def test_statistics_compare_each_candidate_apart_and_never_a_version_with_itself(
+    user: User, services: AppServices
+) -> None:
+    add_versioned(services.database, [("1.0", 1, 1, 7), ("1.0", 2, 2, 5)], candidate="2.0")
+    add_versioned(services.database, [("1.0", 3, 3, 3), ("1.0", 4, 9, 9)], candidate="3.0")
+    add_versioned(services.database, [("3.0", 6, 6, 6)], candidate="3.0")  # after promotion
+    await user.open("/statistics")
+    await user.should_see("Shadow test: live against candidate 3.0")
+    assert shadow_panels(user) == {
+        "3.0": {"shadow-count": "2", "shadow-live-accuracy": "50.0%",
+                "shadow-candidate-accuracy": "100.0%"},
+        "2.0": {"shadow-count": "2", "shadow-live-accuracy": "100.0%",
+                "shadow-candidate-accuracy": "0.0%"},
+    }  # fmt: skip
+
+
+def shadow_panels(user: User) -> dict[str, dict[str, str]]:
+    """Each shadow panel's figures, keyed by the candidate version its title names."""
+    panels = {}
+    for panel in user.find(marker="shadow-panel").elements:
+        labels = [element for element in panel.descendants() if isinstance(element, ui.label)]
+        title = labels[0].text.removeprefix("Shadow test: live against candidate ")
+        wanted = ("shadow-count", "shadow-live-accuracy", "shadow-candidate-accuracy")
+        panels[title] = {
+            label.props["data-testid"]: label.text
+            for label in labels
+            if label.props.get("data-testid") in wanted
+        }
+    return panels
 
 
 async def test_statistics_show_no_shadow_panel_without_shadow_answers(
