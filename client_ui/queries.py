@@ -71,6 +71,15 @@ def update_prediction(session: Session, row_id: int, values: dict[str, Any]) -> 
     return result.rowcount > 0
 
 
+def update_drawing(session: Session, drawing_key: str, values: dict[str, Any]) -> bool:
+    """Overwrite the row of one drawing; False when it is gone. By key, not id: SQLite gives a
+    deleted row's id to the next row, which must never take a change meant for the old one."""
+    result = session.execute(
+        update(Prediction).where(col(Prediction.drawing_key) == drawing_key).values(**values)
+    )
+    return result.rowcount > 0
+
+
 def set_true_label(session: Session, row_id: int, label: int | None) -> bool:
     return update_prediction(session, row_id, {"true_label": label})
 

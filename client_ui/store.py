@@ -175,7 +175,7 @@ class PredictionStore:
                 row_id = queries.row_id_for_key(session, draft.key)
             if row_id is None:
                 return queries.insert_prediction(session, values)
-            if not queries.update_prediction(session, row_id, values):
+            if not queries.update_drawing(session, draft.key, values):
                 raise RowDeletedError(row_id)
         return row_id
 

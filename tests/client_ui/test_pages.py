@@ -108,6 +108,26 @@ async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
     assert [(d, label) for d, label, _ in stored(services.database)] == [(3, None)]
 
 
+async def test_a_deleted_drawing_never_overwrites_the_drawing_that_reuses_its_id(
+    user: User, services: AppServices
+) -> None:
+    """SQLite gives the next row the id of the newest row deleted."""
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    with services.database.session() as session:  # another tab deletes it, a third draws
+        assert queries.delete_prediction(session, 1)
+        other = {"timestamp": utc_now(), "predicted_digit": 0, "confidence": 0.9,
+                 "image_data": b"another drawing", "model_version": "1.0", "latency_ms": 5.0,
+                 "drawing_key": "another tab's"}  # fmt: skip
+        reused = queries.insert_prediction(session, other)
+
+    user.find(marker="label-3").click()
+    await user.should_see(DELETED_TEXT, marker="save-status")
+    assert stored(services.database) == [(0, None, b"another drawing")]
+    assert reused == 1
+
+
 async def test_an_empty_canvas_gives_a_hint_and_no_request(
     user: User, fake_client: FakeModelClient
 ) -> None:
