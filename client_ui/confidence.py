@@ -10,6 +10,7 @@ image the model saw: red pixels speak for the digit, blue ones against it.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,12 +22,17 @@ from client_ui.images import data_url
 from client_ui.layout import testid
 from config import get_settings
 from handler.preprocessing import InvalidInputError, decode_image, to_mnist_pixels
-from serving.client import TorchServeError
+from serving.client import InputRejectedError, TorchServeError
+
+log = logging.getLogger(__name__)
 
 OVERLAY_SCALE = 8
 # Candidates below this probability are noise, not alternatives worth offering.
 MIN_CANDIDATE_PROBABILITY = 0.01
 MAX_CANDIDATES = 3
+EXPLAIN_FAILED_TEXT = (
+    "No explanation: the model server is not reachable or failed. Try again in a moment."
+)
 UNSURE_TEXT = "Not sure about this one. Is it one of these? Click it, or the right digit below."
 
 
@@ -144,9 +150,14 @@ class ConfidencePanel:
         try:
             explanation = await run.io_bound(self.model_client.explain, png)
             overlay = await run.io_bound(overlay_for_drawing, png, explanation)
-        except (TorchServeError, InvalidInputError, KeyError, ValueError) as error:
+        except InputRejectedError as error:  # the handler's message is written for people
             if sequence == self.sequence:
-                self.caption.set_text(f"No explanation: {error}")
+                self.caption.set_text(f"No explanation: {error.message}")
+            return
+        except (TorchServeError, InvalidInputError, KeyError, ValueError) as error:
+            log.warning("explanation failed: %s", error)  # addresses and details: the log only
+            if sequence == self.sequence:
+                self.caption.set_text(EXPLAIN_FAILED_TEXT)
             return
         if sequence != self.sequence:
             return

@@ -39,6 +39,9 @@ PENDING_TEXT = (
     "Not saved yet: the database is unreachable. "
     "The prediction is kept and will be saved automatically when the database is back."
 )
+LABEL_WAITS_TEXT = (
+    "Label {digit} noted: it is saved with this drawing as soon as the model server has read it."
+)
 DELETED_TEXT = (
     "This drawing was deleted on the History page, so changes to it are no longer saved. "
     "Clear the canvas to start a new drawing."
@@ -57,6 +60,8 @@ class DrawPage:
     def __init__(self, services: AppServices) -> None:
         self.services = services
         self.draft: PredictionDraft | None = None
+        #: The person's label for the drawing on the canvas; it stays through further strokes.
+        self.label: int | None = None
         #: The drawing before a Clear, until the candidate's answer about it is stored.
         self.previous_draft: PredictionDraft | None = None
         #: The newest drawing the candidate has not been asked about; one call at a time.
@@ -161,11 +166,13 @@ class DrawPage:
         except InputRejectedError as error:
             metrics.TORCHSERVE_ERRORS.labels(metrics.error_kind(error)).inc()
             if sequence == self.sequence:
+                self._show_no_answer()
                 self.hint.set_text(f"The model server refused this drawing: {error.message}")
             return
         except TorchServeError as error:
             metrics.TORCHSERVE_ERRORS.labels(metrics.error_kind(error)).inc()
             if sequence == self.sequence:
+                self._show_no_answer()
                 self._show_server_down(error)
             return
         latency_ms = (time.perf_counter() - started) * 1000
@@ -175,7 +182,9 @@ class DrawPage:
             return
         self.server_banner.set_visibility(False)
         self.hint.set_text("Keep drawing, or click the true label below.")
-        draft = _draft_from_answer(self.drawing_key, answer, png, latency_ms)
+        draft = replace(
+            _draft_from_answer(self.drawing_key, answer, png, latency_ms), true_label=self.label
+        )
         self.draft = draft
         self._show_answer(draft, answer)
         self.confidence.show(answer, png)
@@ -239,12 +248,17 @@ class DrawPage:
         return None
 
     async def confirm_label(self, digit: int) -> None:
-        if self.draft is None:
+        """Label the drawing on the canvas; saved with its newest answer, or once it has one."""
+        if self.last_png is None:
             self.hint.set_text("Draw a digit first, then click what it really is.")
             return
-        self.draft = replace(self.draft, true_label=digit)
+        self.label = digit
         metrics.LABELS.labels(str(digit)).inc()
         self._highlight_label(digit)
+        if self.draft is None or self.draft.image_data != self.last_png:
+            self.hint.set_text(LABEL_WAITS_TEXT.format(digit=digit))
+            return
+        self.draft = replace(self.draft, true_label=digit)
         await self._save(self.draft)
 
     async def _save(self, draft: PredictionDraft) -> None:
@@ -290,7 +304,7 @@ class DrawPage:
         self.chart.options.update(_chart_options(answer.get("probabilities") or [0.0] * 10))
         self.chart.update()
         self.details.set_text(f"model {draft.model_version} · {draft.latency_ms:.0f} ms round trip")
-        self._highlight_label(None)
+        self._highlight_label(self.label)
 
     async def _model_view(self, png: bytes) -> bytes | None:
         try:
@@ -309,18 +323,23 @@ class DrawPage:
         self.sequence += 1
         self.previous_draft = self.draft or self.previous_draft
         self.draft = None
+        self.label = None
         self.drawing_key = uuid.uuid4().hex
         self.waiting_for_database = False
         self.hint.set_text(hint)
+        self.save_status.set_text("")
+        self._show_no_answer()
+        self._highlight_label(None)
+
+    def _show_no_answer(self) -> None:
+        """Blank the result: an older drawing's answer must not pass for the canvas's."""
         self.digit_label.set_text("–")
         self.confidence_label.set_text("–")
         self.details.set_text("")
-        self.save_status.set_text("")
         self.model_view.set_source("")
         self.confidence.reset()
         self.chart.options.update(_chart_options([0.0] * 10))
         self.chart.update()
-        self._highlight_label(None)
 
 
 def _draft_from_answer(

@@ -18,7 +18,7 @@ from nicegui.testing.user_simulation import user_simulation
 from client_ui import main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
-from client_ui.draw import DELETED_TEXT, PENDING_TEXT
+from client_ui.draw import DELETED_TEXT, LABEL_WAITS_TEXT, PENDING_TEXT
 from client_ui.images import data_url
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
@@ -70,7 +70,7 @@ async def test_a_stroke_shows_the_prediction_and_saves_it(
     assert stored(services.database) == [(3, None, png)]
 
 
-async def test_clicking_a_label_confirms_it_and_more_strokes_update_the_same_row(
+async def test_clicking_a_label_confirms_it_and_more_strokes_keep_it_on_the_same_row(
     user: User, services: AppServices, fake_client: FakeModelClient
 ) -> None:
     await user.open("/")
@@ -82,8 +82,8 @@ async def test_clicking_a_label_confirms_it_and_more_strokes_update_the_same_row
 
     fake_client.digit = 5
     stroke(user, digit_png(), strokes=2)
-    await user.should_see("Saved as #1.")
-    assert [(d, label) for d, label, _ in stored(services.database)] == [(5, None)]
+    await eventually(lambda: [(d, lbl) for d, lbl, _ in stored(services.database)] == [(5, 8)])
+    await user.should_see("Saved as #1, true label 8.")  # the label stays with the drawing
 
 
 async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
@@ -106,6 +106,39 @@ async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
     stroke(user, digit_png())
     await user.should_see("Saved as #")
     assert [(d, label) for d, label, _ in stored(services.database)] == [(3, None)]
+
+
+async def test_while_the_server_is_down_no_old_answer_shows_and_a_label_waits_for_it(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    fake_client.down = True
+    stroke(user, digit_png(270), strokes=2)
+    await user.should_see(marker="server-banner")
+    await user.should_see("–", marker="predicted-digit")  # not the older drawing's 3
+    user.find(marker="label-7").click()
+    await user.should_see(LABEL_WAITS_TEXT.format(digit=7))
+    assert stored(services.database) == [(3, None, digit_png())]  # no label on the old image
+
+    fake_client.down = False
+    user.find(marker="retry-button").click()
+    await eventually(lambda: stored(services.database) == [(3, 7, digit_png(270))])
+
+
+async def test_a_label_given_before_the_first_answer_is_saved_with_it(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    fake_client.down = True
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see(marker="server-banner")
+    user.find(marker="label-3").click()
+    await user.should_see(LABEL_WAITS_TEXT.format(digit=3))
+    fake_client.down = False
+    user.find(marker="retry-button").click()
+    await eventually(lambda: stored(services.database) == [(3, 3, digit_png())])
 
 
 async def test_a_deleted_drawing_never_overwrites_the_drawing_that_reuses_its_id(
