@@ -16,8 +16,9 @@ import logging
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
@@ -27,13 +28,16 @@ from handler.explain import DEFAULT_STEPS as EXPLAIN_STEPS
 from handler.explain import integrated_gradients
 from handler.preprocessing import (
     MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
     InvalidInputError,
+    declared_pixels,
     decode_image,
     pixels_to_array,
     preprocess,
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: What a request becomes: one digit, KServe v1's several, or why it cannot be read.
 Prepared = torch.Tensor | list[torch.Tensor] | InvalidInputError
@@ -53,8 +57,10 @@ BATCHES = "mnist_handler_batches_total"
 PREPROCESS_SECONDS = "mnist_preprocess_seconds"
 # Candidates in each answer's ``top``: the app offers two or three when the model is unsure.
 TOP_CANDIDATES = 3
-# Digits in one KServe v1 request: bounds the share of a batch's work one request can take.
+# Digits in one KServe v1 request, and the pixels of all their images together: bound the
+# share of a batch's work one request can take (as much as one image of the largest size).
 MAX_INSTANCES = 64
+MAX_REQUEST_PIXELS = MAX_IMAGE_PIXELS
 
 
 def choose_device(system_properties: dict[str, Any]) -> torch.device:
@@ -293,17 +299,35 @@ def _instances(instances: Any) -> list[torch.Tensor]:
         raise InvalidInputError(
             "too_large", f"{len(instances)} instances; one request takes at most {MAX_INSTANCES}"
         )
-    read = []
+    objects = []
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
             instance = {"image": instance["b64"]}
         if not isinstance(instance, dict):
             raise InvalidInputError("bad_json", f"instance {index} is not a JSON object")
-        try:
-            read.append(_tensor_from_object(instance))
-        except InvalidInputError as error:
-            raise InvalidInputError(error.reason, f"instance {index}: {error.message}") from error
-    return read
+        objects.append(instance)
+    pixels = sum(_for_instance(index, _declared_pixels, obj) for index, obj in enumerate(objects))
+    if pixels > MAX_REQUEST_PIXELS:
+        raise InvalidInputError(
+            "too_large",
+            f"the instances' images have {pixels:,} pixels in all; "
+            f"one request takes at most {MAX_REQUEST_PIXELS:,}",
+        )
+    return [_for_instance(index, _tensor_from_object, obj) for index, obj in enumerate(objects)]
+
+
+def _for_instance(index: int, read: Callable[[dict[str, Any]], T], instance: dict[str, Any]) -> T:
+    """`read(instance)`, with a refusal's message naming the instance."""
+    try:
+        return read(instance)
+    except InvalidInputError as error:
+        raise InvalidInputError(error.reason, f"instance {index}: {error.message}") from error
+
+
+def _declared_pixels(instance: dict[str, Any]) -> int:
+    """The pixels an instance's encoded image will decode to (0 for JSON pixels)."""
+    image = instance.get("image")
+    return declared_pixels(_decode_base64(image)) if isinstance(image, str) else 0
 
 
 def _tensor_from_object(payload: dict[str, Any]) -> torch.Tensor:

@@ -43,6 +43,9 @@ MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+# Encoders write a progressive JPEG in about 10 scans (libjpeg: 6 for grey, 10 for colour), and
+# each scan decodes every block again: thousands of them in a small file would take minutes.
+MAX_JPEG_SCANS = 32
 # PNG modes that libspng decodes to exactly Pillow's pixels (8-bit gray, RGB, RGBA).
 FAST_PNG_MODES = ("L", "RGB", "RGBA")
 
@@ -98,6 +101,7 @@ def decode_image(data: bytes) -> Image.Image:
     data = bytes(data)
     image = _open_header(data)
     _check_dimensions(*image.size)
+    _check_scans(data, image)
     decoded = _decode_png_fast(data, image)
     if decoded is not None:
         return decoded
@@ -110,6 +114,12 @@ def decode_image(data: bytes) -> Image.Image:
             "truncated", f"the {image.format} image is truncated or corrupt"
         ) from error
     return image
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares them, without decoding a pixel."""
+    width, height = _open_header(bytes(data)).size
+    return width * height
 
 
 def _open_header(data: bytes) -> Image.Image:
@@ -151,6 +161,18 @@ def _has_known_signature(data: bytes) -> bool:
     """Starts like PNG, JPEG, GIF, BMP or WebP: a failure to open it means broken, not foreign."""
     webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     return webp or data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM"))
+
+
+def _check_scans(data: bytes, header: Image.Image) -> None:
+    """Refuse a JPEG with more scans than any encoder writes (a decoding-time bomb). Each scan
+    starts with an SOS marker, FF DA, which the entropy-coded data cannot contain."""
+    if header.format != "JPEG":
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise InvalidInputError(
+            "too_large", f"the JPEG image has {scans} scans; at most {MAX_JPEG_SCANS}"
+        )
 
 
 def _check_dimensions(width: int, height: int) -> None:

@@ -33,8 +33,9 @@ from urllib3.util.retry import Retry
 from config import Settings, get_settings
 
 DEFAULT_RETRIES = 2
-# A worker restart takes seconds; the other workers answer meanwhile, so a few quick tries do.
-PREDICTION_RETRIES = 3
+# One more try: the other workers answer it while the dead one restarts. An input that kills
+# the second worker too is the likely cause, and each further try would kill one more.
+PREDICTION_RETRIES = 1
 PREDICTION_BACKOFF_S = 0.25
 # TorchServe's message for every request of a batch whose worker died (REST and gRPC alike).
 WORKER_DIED_MESSAGE = "Worker died."

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from handler.mnist_handler import MNISTHandler, choose_device, torch_threads
+from handler.preprocessing import MAX_IMAGE_SIDE
 from model.predictor import MNISTPredictor
+from tests.fixtures.images import blank_png_base64
 from tests.fixtures.models import CountingModel
 from tests.handler.conftest import WorkerContext, emitted_metrics
 from training.drawings import drawings
@@ -238,6 +240,10 @@ def test_kserve_v1_instances_get_one_prediction_each_beside_plain_requests(
     assert other["digit"] == predictor.predict(png[3]).digit
 
 
+#: One image of the largest size allowed; two of them in one request are too much work.
+LARGEST_PNG = blank_png_base64(MAX_IMAGE_SIDE)
+
+
 @pytest.mark.parametrize(
     ("instances", "status", "message"),
     [
@@ -245,6 +251,7 @@ def test_kserve_v1_instances_get_one_prediction_each_beside_plain_requests(
         ([{"image": "bm90IGFuIGltYWdl"}, {"pixels": [1] * 783}], 400, "instance 0"),
         ([{"pixels": [9] * 784}] * 65, 413, "at most 64"),
         (["just text"], 400, "instance 0 is not a JSON object"),
+        ([{"b64": LARGEST_PNG}, {"b64": LARGEST_PNG}], 413, "pixels in all"),
     ],
 )
 def test_bad_kserve_instances_get_a_4xx_naming_the_instance(

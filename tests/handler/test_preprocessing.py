@@ -26,6 +26,7 @@ from handler.preprocessing import (
     stroke_width,
     to_mnist_pixels,
 )
+from tests.fixtures.images import progressive_jpeg
 from training.drawings import STYLES, drawings
 from training.train import to_model_input
 
@@ -336,6 +337,25 @@ def test_decompression_bomb_is_refused_before_decoding(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
     with pytest.raises(InvalidInputError) as refused:
+        decode_image(bomb)
+    assert refused.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_progressive_jpegs_as_encoders_write_them_decode(mode: str) -> None:
+    assert decode_image(progressive_jpeg(mode, side=64)).size == (64, 64)
+
+
+def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bomb = progressive_jpeg(repeated_scans=preprocessing.MAX_JPEG_SCANS)
+
+    def must_not_decode(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
+    with pytest.raises(InvalidInputError, match="scans") as refused:
         decode_image(bomb)
     assert refused.value.reason == "too_large"
 

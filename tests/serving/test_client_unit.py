@@ -252,9 +252,16 @@ def test_a_prediction_that_died_with_its_worker_is_sent_again(
 ) -> None:
     answer = {"digit": 3, "confidence": 0.9, "probabilities": [0.1] * 10, "model_version": "1"}
     died = (status, {**WORKER_DIED, "code": status})
-    fake.answers[("POST", "/predictions/mnist")] = [died, died, (200, answer)]
+    fake.answers[("POST", "/predictions/mnist")] = [died, (200, answer)]
     assert client_for(fake).predict(b"png") == answer
-    assert len(fake.seen) == 3
+    assert len(fake.seen) == 2
+
+
+def test_an_input_that_kills_two_workers_is_not_sent_a_third_time(fake: FakeTorchServe) -> None:
+    fake.answers[("POST", "/predictions/mnist")] = [(507, WORKER_DIED)]
+    with pytest.raises(WorkerDiedError):
+        client_for(fake).predict(b"png")
+    assert len(fake.seen) == 2
 
 
 def test_a_worker_that_keeps_dying_ends_in_worker_died_after_bounded_retries(
@@ -294,9 +301,9 @@ class DyingWorkerServicer(inference_pb2_grpc.InferenceAPIsServiceServicer):
     "failures",
     [
         [grpc.StatusCode.RESOURCE_EXHAUSTED],
-        [grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED],
+        [grpc.StatusCode.INTERNAL],
     ],
-    ids=["killed", "died-twice"],
+    ids=["killed", "died"],
 )
 def test_a_grpc_prediction_that_died_with_its_worker_is_sent_again(
     fake: FakeTorchServe, failures: list[grpc.StatusCode]

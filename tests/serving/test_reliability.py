@@ -26,8 +26,10 @@ import pytest
 import requests
 
 from config import Settings
+from handler.preprocessing import MAX_IMAGE_SIDE
 from serving.client import TorchServeError
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+from tests.fixtures.images import blank_png_base64, progressive_jpeg
 from tests.fixtures.serving import SERVER_LOG_FILES, Private, private_torchserve
 from tests.handler.test_fuzz import a_digit, encoded, valid_pixels
 from training.drawings import drawings
@@ -44,7 +46,12 @@ LOG_FILES = SERVER_LOG_FILES
 # The 5xx of the battery that are TorchServe's own (docs/serving.md, "Known upstream limits"):
 # its multipart decoder fails on a part without a name, and its gRPC API reports an unknown
 # model as INTERNAL where REST answers 404.
-UPSTREAM_5XX = {"multipart part without a name", "gRPC unknown model"}
+UPSTREAM_5XX = {
+    "multipart part without a name",
+    "image sent as a form (curl -d)",
+    "form with a bad escape",
+    "gRPC unknown model",
+}
 # An access-log line of a request that died with its worker (REST; gRPC is not in that log).
 MULTIPART = "multipart/form-data; boundary=b0undary"
 WORKER_DIED_LINE = re.compile(r'"POST /predictions/\S+ HTTP/1\.1" 50[07] ')
@@ -154,6 +161,8 @@ def hostile_bodies(seed: int = 0) -> list[tuple[str, bytes, str]]:
     ]
     bodies += [(f"odd JSON {index}", body, as_json) for index, body in enumerate(odd_json)]
     png = encoded(a_digit(), "PNG")
+    largest = {"b64": blank_png_base64(MAX_IMAGE_SIDE)}
+    largest_instances = json.dumps({"instances": [largest] * 64}).encode()
     bodies += [
         ("empty body", b"", octets),
         ("image as JSON content type", png, as_json),
@@ -161,6 +170,10 @@ def hostile_bodies(seed: int = 0) -> list[tuple[str, bytes, str]]:
         ("text as image/png", b"hello", "image/png"),
         ("garbage content type", png, "x/\x00\x01"),
         ("form-urlencoded", b"image=abc&pixels=1", "application/x-www-form-urlencoded"),
+        ("image sent as a form (curl -d)", png, "application/x-www-form-urlencoded"),
+        ("form with a bad escape", b"data=%GG", "application/x-www-form-urlencoded"),
+        ("JPEG with 3,000 scans", progressive_jpeg(side=4096, repeated_scans=3000), octets),
+        ("64 instances of the largest image", largest_instances, as_json),
         ("one byte over the handler's limit", b"\x89PNG\r\n\x1a\n" + bytes(2 * 1024**2), octets),
         ("over the frontend's limit", bytes(3 * 1024**2 + 1), octets),
         ("multipart part named other", _multipart([("other", png)]), MULTIPART),
@@ -295,6 +308,7 @@ def test_hostile_requests_mixed_into_valid_batches(private: Private, images: lis
     )
     assert set(server_errors) <= UPSTREAM_5XX, server_errors
     assert server_errors.get("multipart part without a name") == 500  # still upstream's
+    assert server_errors.get("image sent as a form (curl -d)") == 500
     assert workers_after == workers_before
     assert valid["wrong"] == 0 and valid["right"] > 0
 

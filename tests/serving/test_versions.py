@@ -96,6 +96,11 @@ def test_two_versions_are_served_promoted_and_rolled_back(
                 promote(client, settings, "3.0")
             assert rollback(client, settings) == "1.0"
             assert answered_by(client) == ("1.0", "1.0")
+            away = shutil.move(store / versions.archive_name("mnist", "2.0"), tmp_path)
+            with pytest.raises(versions.VersionError, match=r"2\.0 is served but not in"):
+                promote(client, settings, "2.0")  # another store than TorchServe's
+            assert answered_by(client) == ("1.0", "1.0")  # nothing switched unrecorded
+            shutil.move(away, store)
             promote(client, settings, "2.0")
         stop(settings)
         start_torchserve(settings)  # the promotion is kept across a restart
