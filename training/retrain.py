@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,10 @@ MIN_MNIST_IMAGES = 20_000
 
 class NotEnoughDrawingsError(RuntimeError):
     """Fewer labelled drawings than the threshold; the message says how many more."""
+
+
+class MissingModelError(RuntimeError):
+    """The default version's weights are not in the store; the message says what to restore."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +279,7 @@ def archive_candidate(model_file: Path, store: Path, model_name: str, version: s
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=PROJECT_ROOT, capture_output=True, text=True)
         target = store / versions.archive_name(model_name, version)
-        Path(workspace, f"{model_name}.mar").replace(target)
+        shutil.move(Path(workspace, f"{model_name}.mar"), target)  # /tmp may be another disk
     return target
 
 
@@ -329,11 +334,23 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
     )
 
 
-def current_model_file(model_path: Path, default_version: str | None) -> Path:
+def current_model_file(model_path: Path, model_name: str, default_version: str | None) -> Path:
     """The TorchScript file of the default version: a promoted retrained version's own
-    (``mnist_cnn-<version>.pt``, written beside the store's model), else `model_path`."""
+    (``mnist_cnn-<version>.pt``, written beside the store's model), else `model_path`, the one
+    `make archive` packed as ``<name>.mar``. Never another version's weights in its place."""
+    base = model_path.parent / f"{model_name}.mar"
+    if default_version is None or (
+        base.is_file() and versions.archive_version(base) == default_version
+    ):
+        return model_path
     promoted = model_path.with_name(f"{model_path.stem}-{default_version}.pt")
-    return promoted if default_version and promoted.is_file() else model_path
+    if not promoted.is_file():
+        raise MissingModelError(
+            f"{model_name} {default_version} is the default, but its weights {promoted.name} "
+            f"are not in {model_path.parent} (retraining starts from them): restore them beside "
+            "its archive, or promote a version whose weights are there"
+        )
+    return promoted
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -349,7 +366,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     mnist_train, mnist_test = load_mnist(args.data_dir or settings.data_dir)
     store = args.model_path.parent
     current_version = versions.default_version(store, settings.model_name)
-    current_file = current_model_file(args.model_path, current_version)
+    current_file = current_model_file(args.model_path, settings.model_name, current_version)
     current = load_torchscript(current_file)
     config = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed)
     net = MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout)  # as `make train`
@@ -451,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotEnoughDrawingsError as error:
         print(error)
         return 0
+    except MissingModelError as error:
+        print(error, file=sys.stderr)
+        return 1
     current, candidate = report["current"], report["candidate"]
     for name in ("mnist_test", "holdout"):
         now, new = current[name]["accuracy"], candidate[name]["accuracy"]

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,9 @@ from model import versions
 from model.calibration import temperature_of
 from model.torchscript import load_torchscript, state_dict_path
 from serving.archive import build_archive
-from training.drawings import drawings
+from training.data import load_split
+from training.drawings import STYLES as DRAWING_STYLES
+from training.drawings import render_drawing
 from training.retrain import in_holdout, main, read_labelled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -26,11 +29,17 @@ STYLES = ("thick_stroke", "very_thick_stroke", "sent_28_thick_stroke", "black_on
 
 def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int = 0) -> str:
     """`count` labelled rows (every fifth prediction wrong), `deleted` of them removed again,
-    and a few unlabelled ones, which retraining must not use; returns the database's URL."""
-    per_style = count // len(STYLES) + 1
+    and a few unlabelled ones, which retraining must not use; returns the database's URL.
+
+    Each is another MNIST *training* digit, drawn in one of STYLES in turn: no digit is on both
+    sides of the holdout split, and none is in the MNIST test set the candidate is judged on."""
+    train = load_split(mnist_dir, train=True)
+    rng = np.random.default_rng(3)
     samples = [
-        s for style in STYLES for s in drawings(style, per_style, data_dir=mnist_dir, seed=3)
-    ]
+        (render_drawing(train.images[i].numpy(), DRAWING_STYLES[STYLES[i % len(STYLES)]], rng),
+         int(train.labels[i]))
+        for i in range(count + 5)
+    ]  # fmt: skip
     with database.session() as session:
         ids = []
         for index, (image, label) in enumerate(samples[:count] + samples[-5:]):

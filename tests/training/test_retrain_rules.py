@@ -4,10 +4,21 @@ good on the holdout drawings)."""
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
-from training.retrain import MIN_MNIST_IMAGES, decide, mnist_images_for, paired_change
+from training.retrain import (
+    MIN_MNIST_IMAGES,
+    MissingModelError,
+    current_model_file,
+    decide,
+    mnist_images_for,
+    paired_change,
+)
 
 
 def readings(lost: int, gained: int, both_right: int = 9_000) -> tuple[torch.Tensor, ...]:
@@ -91,3 +102,24 @@ def test_no_holdout_drawings_means_no_archive() -> None:
     mnist = {"current": paired_change(*readings(lost=0, gained=3))}
     decided, reason = decide(accuracy(0.99, None), accuracy(0.99, None), mnist, force=False)
     assert not decided and reason == "no holdout drawings to judge it on"
+
+
+def a_store(tmp_path: Path, archived: dict[str, str]) -> Path:
+    """Archives named file -> version (only their manifests) and make train's model file."""
+    for name, version in archived.items():
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            manifest = {"model": {"modelVersion": version}}
+            archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+    model = tmp_path / "mnist_cnn.pt"
+    model.write_bytes(b"make train's")
+    return model
+
+
+def test_retraining_starts_from_the_default_versions_own_weights(tmp_path: Path) -> None:
+    model = a_store(tmp_path, {"mnist.mar": "1.0", "mnist-2.0.mar": "2.0"})
+    assert current_model_file(model, "mnist", None) == model
+    assert current_model_file(model, "mnist", "1.0") == model
+    with pytest.raises(MissingModelError, match=r"mnist_cnn-2\.0\.pt are not in"):
+        current_model_file(model, "mnist", "2.0")  # never make train's weights in their place
+    (tmp_path / "mnist_cnn-2.0.pt").write_bytes(b"2.0's")
+    assert current_model_file(model, "mnist", "2.0") == tmp_path / "mnist_cnn-2.0.pt"
