@@ -259,6 +259,11 @@ def _tensor_from_request(request: dict[str, Any]) -> torch.Tensor | list[torch.T
         return preprocess(decode_image(_decode_base64(payload)))
     if isinstance(payload, bytes | bytearray):
         return preprocess(decode_image(payload))
+    if payload is None and request:
+        fields = ", ".join(sorted(map(str, request)))
+        raise InvalidInputError(
+            "empty", f'send the image as the body or the multipart field "data" (got: {fields})'
+        )
     if payload is None:
         raise InvalidInputError("empty", "the request carried no image data")
     raise InvalidInputError("bad_json", 'expected a JSON object with "image" or "pixels"')
@@ -283,6 +288,8 @@ def _parse_json(text: str | bytes) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidInputError("bad_json", f"the body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise InvalidInputError("bad_json", "the JSON is nested too deeply") from error
 
 
 def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:

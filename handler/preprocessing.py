@@ -192,6 +192,8 @@ def pixels_to_array(values: object) -> np.ndarray:
     client sending them has a bug that a silently converted digit would hide.
     """
     flat = _flat_pixels(values)
+    if any(isinstance(value, list | tuple) for value in flat):
+        raise InvalidInputError("bad_pixels", "pixels must be 784 numbers or 28 rows of 28")
     if not all(type(value) in (int, float) and 0 <= value <= 255 for value in flat):
         raise InvalidInputError(
             "bad_pixels", "pixels must be numbers from 0 to 255 (not strings or booleans)"

@@ -123,6 +123,27 @@ def test_bad_inputs_get_a_4xx_with_a_json_reason(
     assert [m["dimensions"]["reason"] for m in rejected] == [reason]
 
 
+@pytest.mark.parametrize(
+    ("request_data", "message"),
+    [
+        ({"file": b"\x89PNG"}, 'the multipart field "data" (got: file)'),
+        ({"body": {"pixels": [[9]] * 784}}, "784 numbers or 28 rows of 28"),
+        ({"body": b"[" * 100_000}, "nested too deeply"),
+    ],
+    ids=["another field name", "pixels one per row", "deeply nested JSON"],
+)
+def test_a_refusal_says_what_to_change(
+    handler: MNISTHandler,
+    worker_context: WorkerContext,
+    request_data: dict,
+    message: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    [(status, answer)] = run_batch(handler, worker_context, [request_data])
+    assert status == 400 and message in answer["message"]
+    assert not [record for record in caplog.records if record.exc_info]  # no traceback logged
+
+
 def test_an_unexpected_failure_is_one_requests_400_not_a_dead_batch(
     handler: MNISTHandler,
     worker_context: WorkerContext,
