@@ -131,12 +131,24 @@ class HistoryPage:
             ).classes("w-24")
             testid(label, f"relabel-{row.id}")
             ui.label(_verdict(row)).classes("w-14")
-            remove = ui.button(icon="delete", on_click=lambda _, row_id=row.id: self.delete(row_id))
+            remove = ui.button(icon="delete", on_click=lambda _, i=row.id: self.confirm(i))
             testid(remove.props("flat color=negative"), f"delete-{row.id}")
 
     async def relabel(self, row_id: int, value: int) -> None:
         label = None if value == -1 else value
         await self._change(queries.set_true_label, row_id, label)
+
+    async def confirm(self, row_id: int) -> None:
+        """Ask first: a deleted drawing and its label are gone for good."""
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Delete drawing #{row_id} and its label? This cannot be undone.")
+            with ui.row():
+                ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat")
+                delete = ui.button("Delete", on_click=lambda: dialog.submit(True))
+                testid(delete.props("color=negative"), "confirm-delete")
+        if await dialog:
+            await self.delete(row_id)
+        dialog.clear()
 
     async def delete(self, row_id: int) -> None:
         await self._change(queries.delete_prediction, row_id)

@@ -294,6 +294,13 @@ async def test_history_filters_relabels_deletes_and_exports(
     correctness.set_value("any")
     await user.should_see("3 drawings", retries=DATABASE_RETRIES)
     user.find(marker="delete-3").click()
+    await user.should_see("cannot be undone")
+    user.find("Cancel").click()
+    await user.should_not_see("cannot be undone")
+    assert len(stored(services.database)) == 3
+    user.find(marker="delete-3").click()
+    await user.should_see(marker="confirm-delete")
+    user.find(marker="confirm-delete").click()
     await user.should_see("2 drawings", retries=DATABASE_RETRIES)
 
     user.find(marker="export-csv").click()
