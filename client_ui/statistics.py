@@ -58,13 +58,13 @@ async def _fill_statistics(content: ui.column, loading: ui.label, services: AppS
             )
             return
         _counts(stats)
-        with ui.row().classes("w-full gap-4 no-wrap"):
+        with ui.row().classes("w-full gap-4"):  # two cards side by side, wrapped on a phone
             _per_digit_chart(stats)
             _confusion_matrix(stats)
-        with ui.row().classes("w-full gap-4 no-wrap"):
+        with ui.row().classes("w-full gap-4"):
             _accuracy_over_time(stats)
             _confidence_chart(stats)
-        with ui.row().classes("w-full gap-4 no-wrap"):
+        with ui.row().classes("w-full gap-4"):
             _versions_table(stats)
             _accuracy_per_day_by_version(stats)
         for shadow in reversed(stats.shadows.values()):  # the newest candidate first
@@ -239,9 +239,10 @@ def _versions_table(stats: Statistics) -> None:
             ("first", "First labelled"),
         )
     ]
-    with ui.card().classes("flex-1 min-w-[300px]"):
+    with ui.card().classes("flex-1 min-w-[300px] max-w-full"):  # on a phone the table scrolls
         ui.label("By model version").classes("font-bold")
-        testid(ui.table(columns=columns, rows=rows, row_key="version"), "versions-table")
+        table = ui.table(columns=columns, rows=rows, row_key="version").classes("w-full")
+        testid(table, "versions-table")
 
 
 def _accuracy_per_day_by_version(stats: Statistics) -> None:

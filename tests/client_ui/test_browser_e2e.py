@@ -280,4 +280,9 @@ def test_statistics_compare_two_versions_and_a_shadow_candidate(
     assert "2.0" in by_testid(browser, "versions-table").text
     time.sleep(1)  # let the charts finish drawing before the screenshot
     assert browser.save_screenshot(str(screenshots / "screenshot_versions.png"))
+    browser.set_window_size(390, 844)  # a phone: every card fits across, nothing scrolls sideways
+    page_width, window_width = browser.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert page_width <= window_width
     browser.set_window_size(1280, 820)
