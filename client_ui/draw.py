@@ -262,8 +262,13 @@ class DrawPage:
         await self._save(self.draft)
 
     async def _save(self, draft: PredictionDraft) -> None:
-        """Save even if the canvas was cleared meanwhile; report only on the current drawing."""
+        """Save even if the canvas was cleared meanwhile; report only on the current drawing.
+
+        What is written is the page's newest state of the drawing when its turn comes, so a
+        save asked for earlier (the answer's, behind "what the model saw") never writes over a
+        label or a later stroke saved before it."""
         async with self.save_lock:
+            draft = self._newest_state(draft.key) or draft
             outcome = await run.io_bound(self.services.store.save, draft)
         if draft.key != self.drawing_key:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from fastapi import Response
 from nicegui import app, run, ui
@@ -64,6 +65,12 @@ def protect(settings: Settings) -> None:
             f"refusing to listen on {settings.ui_host}: set UI_PASSWORD (the login) to serve "
             "the app beyond this machine, or UI_HOST=127.0.0.1"
         )
+    if settings.ui_reachable_beyond_this_machine and not password:
+        raise SystemExit(
+            f"refusing to answer {', '.join(settings.ui_allowed_hosts)} without a password: set "
+            "UI_PASSWORD (the login) for an app reached beyond this machine (behind a proxy), "
+            "or leave UI_ALLOWED_HOSTS unset"
+        )
     app.add_middleware(AccessGuard, allowed_hosts=settings.ui_allowed_hosts, password=password)
 
 
@@ -120,6 +127,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    os.umask(0o077)  # the database, outbox and logs hold people's drawings: this user's only
     settings = get_settings()
     protect(settings)
     if settings.database_url.startswith("sqlite"):

@@ -25,6 +25,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REALM = "MNIST digits"
+#: Headers a request may carry once: with two, the checks and the app could read different ones.
+SINGLE_HEADERS = ("host", "origin", "authorization")
 
 
 class AccessGuard:
@@ -39,16 +41,20 @@ class AccessGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
+        pairs = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in scope.get("headers", [])
-        }
-        problem = self._problem(headers)
+        ]
+        names = [name for name, _ in pairs]
+        if any(names.count(name) > 1 for name in SINGLE_HEADERS):
+            problem: tuple[int, str] | None = (400, "repeated Host, Origin or Authorization")
+        else:
+            problem = self._problem(dict(pairs))
         if problem is None:
             await self.app(scope, receive, send)
             return
         status, reason = problem
-        log.warning("refused %s %s: %s", scope["type"], scope.get("path", ""), reason)
+        log.warning("refused %s %r: %s", scope["type"], scope.get("path", ""), reason)
         await _refuse(scope, send, status, reason, challenge=status == 401)
 
     def _problem(self, headers: dict[str, str]) -> tuple[int, str] | None:

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         return self.ui_host in LOOPBACK_HOSTS
 
     @property
+    def ui_reachable_beyond_this_machine(self) -> bool:
+        """True when the app listens beyond loopback, or answers a name other than loopback's
+        (behind a proxy): then it must have a password."""
+        names = {_host_name(host) for host in self.ui_allowed_hosts}
+        return not self.ui_on_loopback or not names <= {"127.0.0.1", "localhost", "[::1]"}
+
+    @property
     def ui_allowed_hosts(self) -> tuple[str, ...]:
         """`Host` values (`name` or `name:port`) the app answers; Origins must name one too.
 
@@ -200,3 +207,10 @@ def _variable_name(location: tuple[Any, ...]) -> str:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return load_settings()
+
+
+def _host_name(host: str) -> str:
+    """`name` of a Host value `name`, `name:port`, `[v6]` or `[v6]:port`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.split(":", 1)[0]

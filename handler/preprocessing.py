@@ -166,7 +166,7 @@ def _has_known_signature(data: bytes) -> bool:
 def _check_scans(data: bytes, header: Image.Image) -> None:
     """Refuse a JPEG with more scans than any encoder writes (a decoding-time bomb). Each scan
     starts with an SOS marker, FF DA, which the entropy-coded data cannot contain."""
-    if header.format != "JPEG":
+    if header.format not in ("JPEG", "MPO"):  # MPO: JPEGs in one file, read as the first
         return
     scans = data.count(b"\xff\xda")
     if scans > MAX_JPEG_SCANS:

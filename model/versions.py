@@ -74,12 +74,16 @@ def default_history(store: Path, model_name: str) -> list[str]:
 
 
 def default_version(store: Path, model_name: str) -> str | None:
-    """The recorded default, else the version of ``<name>.mar`` (what `make archive` made)."""
+    """The recorded default, else the version of ``<name>.mar`` (what `make archive` made),
+    else the oldest archive's, which `load_order` then loads first."""
     history = default_history(store, model_name)
     if history:
         return history[-1]
     base = store / f"{model_name}.mar"
-    return archive_version(base) if base.is_file() else None
+    if base.is_file():
+        return archive_version(base)
+    found = archives(store, model_name)
+    return found[0].version if found else None
 
 
 def default_archive(store: Path, model_name: str) -> Archive | None:

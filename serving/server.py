@@ -351,6 +351,11 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
+#: TorchServe creates its key file readable by everyone and narrows it only after writing the
+#: keys; with this mask no other local user can open it (nor its logs) in between.
+PRIVATE_UMASK = 0o077
+
+
 def _launch(settings: Settings, config: Path, log_config: Path | None) -> int:
     """Run the launcher (it starts the Java frontend and exits); returns the frontend's pid."""
     command, env = _launch_command(settings, config, log_config)
@@ -363,6 +368,7 @@ def _launch(settings: Settings, config: Path, log_config: Path | None) -> int:
             stdout=console,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal must not reach the server
+            umask=PRIVATE_UMASK,
             timeout=60,
             check=False,
         )
@@ -413,6 +419,7 @@ def run_in_foreground(settings: Settings, log_config: Path | None = LOG_CONFIG_P
     settings.key_file.unlink(missing_ok=True)  # a stale key file would answer for the new server
     command, env = _launch_command(settings, config, log_config)
     os.chdir(settings.key_file.parent)
+    os.umask(PRIVATE_UMASK)
     os.execvpe(sys.executable, foreground_command([*command, "--foreground"]), env)
 
 

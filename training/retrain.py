@@ -279,7 +279,11 @@ def archive_candidate(model_file: Path, store: Path, model_name: str, version: s
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=PROJECT_ROOT, capture_output=True, text=True)
         target = store / versions.archive_name(model_name, version)
-        shutil.move(Path(workspace, f"{model_name}.mar"), target)  # /tmp may be another disk
+        # /tmp may be another disk: copy beside the target, then rename, so that the store never
+        # holds half an archive.
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(Path(workspace, f"{model_name}.mar"), partial)
+        partial.replace(target)
     return target
 
 

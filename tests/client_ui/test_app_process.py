@@ -94,7 +94,7 @@ class App:
 
     def websocket_status(self, **headers: str) -> int:
         """The status of a websocket handshake to NiceGUI's socket.io (101: accepted)."""
-        lines = [
+        return self.raw_status(
             f"GET {WEBSOCKET} HTTP/1.1",
             f"Host: 127.0.0.1:{self.port}",
             "Upgrade: websocket",
@@ -102,7 +102,10 @@ class App:
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
             "Sec-WebSocket-Version: 13",
             *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
-        ]
+        )
+
+    def raw_status(self, *lines: str) -> int:
+        """The status of a request written line by line (headers a client library would merge)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as connection:
             connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             status_line = connection.recv(4096).split(b"\r\n", 1)[0]
@@ -150,8 +153,33 @@ def test_host_and_origin_are_checked_on_pages_and_socket_io(start_app) -> None:
     assert all(status in (400, 403) for status in refused.values()), refused
 
 
-def test_the_app_refuses_to_listen_beyond_loopback_without_a_password(start_app) -> None:
-    app = start_app(UI_HOST="0.0.0.0")
+def test_a_repeated_host_or_origin_is_refused_and_a_refusal_logs_one_line(start_app) -> None:
+    app = start_app()
+    own = f"127.0.0.1:{app.port}"
+    assert app.raw_status("GET / HTTP/1.1", f"Host: {own}") == 200
+    assert app.raw_status("GET / HTTP/1.1", "Host: attacker.example", f"Host: {own}") == 400
+    origins = ("Origin: http://attacker.example", f"Origin: http://{own}")
+    assert app.raw_status("GET / HTTP/1.1", f"Host: {own}", *origins) == 400
+    forged = "2026-12-07 14:00:00,000 INFO client_ui.main: login ok"
+    assert app.get("/x%0a" + forged.replace(" ", "%20"), Host="attacker.example").status_code == 400
+    assert not any(line.startswith(forged) for line in app.log_path.read_text().splitlines())
+
+
+def test_the_app_keeps_its_files_from_other_users(start_app) -> None:
+    app = start_app()
+    database = Path(app.env["DATABASE_URL"].removeprefix("sqlite:///"))
+    assert database.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"UI_HOST": "0.0.0.0"}, {"UI_ALLOWED_HOSTS": "mnist.example.org"}],
+    ids=["listening beyond loopback", "behind a proxy for a public name"],
+)
+def test_the_app_refuses_to_be_reached_from_elsewhere_without_a_password(
+    start_app, settings: dict[str, str]
+) -> None:
+    app = start_app(**settings)
     assert app.process is not None
     assert app.process.wait(timeout=30) != 0
     assert "UI_PASSWORD" in app.log_path.read_text()

@@ -15,11 +15,11 @@ from nicegui import ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
-from client_ui import main, queries, statistics
+from client_ui import draw, main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
 from client_ui.draw import DELETED_TEXT, LABEL_WAITS_TEXT, PENDING_TEXT
-from client_ui.images import data_url
+from client_ui.images import data_url, model_view_png
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
 from client_ui.services import STATUS_TIMEOUT_S, AppServices
@@ -86,6 +86,26 @@ async def test_clicking_a_label_confirms_it_and_more_strokes_keep_it_on_the_same
     await user.should_see("Saved as #1, true label 8.")  # the label stays with the drawing
 
 
+async def test_a_label_clicked_while_the_answer_is_being_saved_is_kept(
+    user: User, services: AppServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer shows before "what the model saw" is drawn and the row is saved: a label
+    clicked in between must not be overwritten by that save."""
+
+    def slow_model_view(png: bytes) -> bytes:
+        time.sleep(0.5)
+        return model_view_png(png)
+
+    monkeypatch.setattr(draw, "model_view_png", slow_model_view)
+    await user.open("/")
+    stroke(user, digit_png())
+    await eventually(lambda: user.find(marker="predicted-digit").elements.pop().text == "3")
+    user.find(marker="label-3").click()
+    await asyncio.sleep(1.5)  # the answer's own save has landed by now
+    assert stored(services.database) == [(3, 3, digit_png())]
+    await user.should_see("Saved as #1, true label 3.")
+
+
 async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
     user: User, services: AppServices
 ) -> None:
@@ -117,7 +137,7 @@ async def test_while_the_server_is_down_no_old_answer_shows_and_a_label_waits_fo
     fake_client.down = True
     stroke(user, digit_png(270), strokes=2)
     await user.should_see(marker="server-banner")
-    await user.should_see("–", marker="predicted-digit")  # not the older drawing's 3
+    assert user.find(marker="predicted-digit").elements.pop().text == "–"  # not the older 3
     user.find(marker="label-7").click()
     await user.should_see(LABEL_WAITS_TEXT.format(digit=7))
     assert stored(services.database) == [(3, None, digit_png())]  # no label on the old image

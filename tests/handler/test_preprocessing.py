@@ -346,10 +346,12 @@ def test_progressive_jpegs_as_encoders_write_them_decode(mode: str) -> None:
     assert decode_image(progressive_jpeg(mode, side=64)).size == (64, 64)
 
 
+@pytest.mark.parametrize("image_format", ["JPEG", "MPO"])
 def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, image_format: str
 ) -> None:
-    bomb = progressive_jpeg(repeated_scans=preprocessing.MAX_JPEG_SCANS)
+    bomb = progressive_jpeg(repeated_scans=preprocessing.MAX_JPEG_SCANS, image_format=image_format)
+    assert Image.open(io.BytesIO(bomb)).format == image_format
 
     def must_not_decode(self: ImageFile.ImageFile) -> None:
         raise AssertionError("pixels were decoded")

@@ -18,7 +18,7 @@ from config import PROJECT_ROOT, load_settings
 from serving.client import ServerUnavailableError, TorchServeClient
 from serving.foreground import FRONTEND_CLASS
 from serving.server import private_instance_env, wait_until_ready
-from tests.fixtures.serving import RunningTorchServe
+from tests.fixtures.serving import RunningTorchServe, process_umask
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,7 @@ def test_foreground_stops_its_frontend_when_asked(
         wait_until_ready(settings)
         tree += started.children(recursive=True)
         [frontend] = [process for process in tree if FRONTEND_CLASS in process.cmdline()]
+        assert process_umask(frontend.pid) == 0o077  # its key file is never readable by others
         main.send_signal(signal.SIGTERM)
         status = main.wait(timeout=120)
         print(f"\nforeground ended with status {status} after SIGTERM")

@@ -29,7 +29,7 @@ from model.predictor import MNISTPredictor, Prediction
 from serving.client import MAX_REQUEST_BYTES, InputRejectedError, TorchServeClient
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from tests.conftest import require_or_skip
-from tests.fixtures.serving import RunningTorchServe
+from tests.fixtures.serving import RunningTorchServe, process_umask
 from training.drawings import STYLES, drawings
 
 pytestmark = pytest.mark.slow
@@ -240,6 +240,15 @@ def test_every_listener_is_on_loopback(torchserve: RunningTorchServe) -> None:
     ]
     assert len(listening) >= 5  # REST inference, management, metrics; gRPC twice
     assert {address.ip for address in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_torchserve_writes_its_keys_and_logs_for_its_user_only(
+    torchserve: RunningTorchServe,
+) -> None:
+    """TorchServe writes the key file world-readable before narrowing it: the frontend must run
+    under a mask that lets no one else open it meanwhile."""
+    assert process_umask(torchserve.handle.pid) == 0o077
+    assert torchserve.settings.key_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_body_over_the_frontends_limit_is_refused(torchserve: RunningTorchServe) -> None:

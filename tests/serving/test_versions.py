@@ -35,6 +35,15 @@ def test_versions_sort_by_number_and_the_next_one_is_a_major_above(tmp_path: Pat
     assert versions.next_version(tmp_path, "mnist", "20261205") == "3.20261205"
 
 
+def test_without_make_archives_archive_the_default_is_the_version_loaded_first(
+    tmp_path: Path,
+) -> None:
+    fake_mar(tmp_path / "mnist-3.0.mar", "3.0")
+    fake_mar(tmp_path / "mnist-2.0.mar", "2.0")
+    assert versions.default_version(tmp_path, "mnist") == "2.0"
+    assert versions.load_order(tmp_path, "mnist")[0].name == "mnist-2.0.mar"
+
+
 def test_promotions_are_recorded_and_rolled_back_in_order(tmp_path: Path) -> None:
     fake_mar(tmp_path / "mnist.mar", "1.1")
     fake_mar(tmp_path / "mnist-2.1.mar", "2.1")
