@@ -78,7 +78,20 @@ export default {
     },
     snapshot() {
       const strokes = this.strokes.length;
-      return { strokes, png: strokes ? this.$refs.canvas.toDataURL("image/png") : null };
+      if (!strokes) return { strokes, png: null, extent: 0 };
+      return { strokes, png: this.$refs.canvas.toDataURL("image/png"), extent: this.extent() };
+    },
+    extent() {
+      // The drawing's longer side, ink included, in widths of its widest pen: 1 for a dot.
+      let pen = 0, left = Infinity, right = -Infinity, top = Infinity, bottom = -Infinity;
+      for (const stroke of this.strokes) {
+        pen = Math.max(pen, stroke.width);
+        for (const [x, y] of stroke.points) {
+          left = Math.min(left, x); right = Math.max(right, x);
+          top = Math.min(top, y); bottom = Math.max(bottom, y);
+        }
+      }
+      return (Math.max(right - left, bottom - top) + pen) / pen;
     },
     clear() {
       this.strokes = [];

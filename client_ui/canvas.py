@@ -11,18 +11,27 @@ from nicegui import ui
 from nicegui.events import GenericEventArguments
 
 PNG_DATA_URL_PREFIX = "data:image/png;base64,"
+#: A drawing shorter than this many pen widths is a dot (a click or a tap, 1.0), not a digit:
+#: the model would still read one as some digit, confidently.
+MIN_EXTENT_IN_PENS = 1.5
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The canvas after a change: how many strokes and, unless empty, its PNG."""
+    """The canvas after a change: how many strokes and, unless empty, its PNG and its longer
+    side in pen widths (None when the browser did not say)."""
 
     strokes: int
     png: bytes | None
+    extent: float | None = None
 
     @property
     def is_empty(self) -> bool:
         return self.strokes == 0 or not self.png
+
+    @property
+    def is_a_dot(self) -> bool:
+        return self.extent is not None and self.extent < MIN_EXTENT_IN_PENS
 
     @classmethod
     def from_js(cls, data: dict[str, Any] | None) -> Snapshot:
@@ -33,7 +42,12 @@ class Snapshot:
             if url.startswith(PNG_DATA_URL_PREFIX)
             else None
         )
-        return cls(strokes=int(data.get("strokes") or 0), png=png)
+        extent = data.get("extent")
+        return cls(
+            strokes=int(data.get("strokes") or 0),
+            png=png,
+            extent=float(extent) if isinstance(extent, int | float) else None,
+        )
 
 
 class DrawingCanvas(ui.element, component="canvas.js"):

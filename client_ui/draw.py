@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STROKE_WIDTH = 24
 EMPTY_HINT = "Draw a digit (0-9) in the box; the prediction follows every stroke."
 NOTHING_DRAWN_HINT = "The canvas is empty: draw a digit first."
+DOT_HINT = "That is only a dot: draw the whole digit."
 PENDING_TEXT = (
     "Not saved yet: the database is unreachable. "
     "The prediction is kept and will be saved automatically when the database is back."
@@ -137,6 +138,12 @@ class DrawPage:
         if snapshot.is_empty:
             self.last_png = None
             self._start_new_drawing(NOTHING_DRAWN_HINT)
+            return
+        if snapshot.is_a_dot:  # not sent: any digit the model named would be a guess
+            self.last_png = None
+            self.sequence += 1
+            self._show_no_answer()
+            self.hint.set_text(DOT_HINT)
             return
         self.last_png = snapshot.png
         await self.predict(snapshot.png)

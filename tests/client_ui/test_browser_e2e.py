@@ -34,6 +34,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from client_ui import queries
 from client_ui.database import Database
+from client_ui.draw import DOT_HINT
 from config import PROJECT_ROOT
 from serving.server import free_ports
 from tests.conftest import require_or_skip
@@ -164,6 +165,8 @@ def test_draw_predict_label_and_find_the_row_in_postgres(
     screenshots.mkdir(parents=True, exist_ok=True)
     browser.get(app_url)
     canvas = WebDriverWait(browser, 20).until(lambda d: by_testid(d, "canvas"))
+    draw(browser, canvas, [[(0, 0)]])  # a click in the middle: a dot, which is not sent
+    wait_for_text(browser, "hint", lambda text: text == DOT_HINT)
     saved: dict[int, tuple[str, str]] = {}
     for true_digit, strokes in STROKES.items():
         by_testid(browser, "clear-button").click()

@@ -18,7 +18,7 @@ from nicegui.testing.user_simulation import user_simulation
 from client_ui import draw, main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
-from client_ui.draw import DELETED_TEXT, LABEL_WAITS_TEXT, PENDING_TEXT
+from client_ui.draw import DELETED_TEXT, DOT_HINT, LABEL_WAITS_TEXT, PENDING_TEXT
 from client_ui.images import data_url, model_view_png
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
@@ -179,6 +179,18 @@ async def test_a_deleted_drawing_never_overwrites_the_drawing_that_reuses_its_id
     await user.should_see(DELETED_TEXT, marker="save-status")
     assert stored(services.database) == [(0, None, b"another drawing")]
     assert reused == 1
+
+
+async def test_a_dot_is_not_sent_and_the_page_says_why(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await user.open("/")
+    canvas = user.find(DrawingCanvas)
+    canvas.trigger("stroke", {"strokes": 1, "png": data_url(digit_png()), "extent": 1.0})
+    await user.should_see(DOT_HINT)
+    assert fake_client.requests == [] and stored(services.database) == []
+    canvas.trigger("stroke", {"strokes": 2, "png": data_url(digit_png()), "extent": 6.5})
+    await user.should_see("Saved as #1")
 
 
 async def test_an_empty_canvas_gives_a_hint_and_no_request(
