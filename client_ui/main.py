@@ -109,18 +109,27 @@ async def _deliver_outbox(services: AppServices) -> None:
 
 async def _watch_dependencies(services: AppServices) -> None:
     """Keep the gauges of the database and of TorchServe's workers current."""
+    workers_known = True
     while True:
-        await run.io_bound(_probe_dependencies, services)
+        workers_known = await run.io_bound(_probe_dependencies, services, workers_known)
         await asyncio.sleep(WATCH_SECONDS)
 
 
-def _probe_dependencies(services: AppServices) -> None:
+def _probe_dependencies(services: AppServices, workers_were_known: bool = True) -> bool:
+    """Update the gauges; returns whether TorchServe's workers are known, so that a lasting
+    outage (or a cluster, where the management API is out of reach) is logged once, not every
+    few seconds."""
     metrics.DATABASE_UP.set(1 if services.database.ping() else 0)
     try:
         metrics.record_workers(services.status.model_info())
     except Exception as error:  # TorchServe down or refusing: no worker is ready for the app
-        log.info("TorchServe's workers unknown: %s", error)
+        if workers_were_known:
+            log.info("TorchServe's workers unknown (said again once known): %s", error)
         metrics.WORKERS_READY.set(0)
+        return False
+    if not workers_were_known:
+        log.info("TorchServe's workers known again")
+    return True
 
 
 def main() -> None:

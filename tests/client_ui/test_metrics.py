@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,11 +11,12 @@ import pytest
 from nicegui.testing.user import User
 from prometheus_client import REGISTRY
 
-from client_ui import metrics
+from client_ui import main, metrics
 from client_ui.database import Database
 from client_ui.outbox import Outbox
 from client_ui.services import AppServices
 from client_ui.store import PredictionStore, SaveOutcome
+from serving.client import ServerUnavailableError
 from tests.client_ui.conftest import FakeModelClient, digit_png
 from tests.client_ui.test_app_process import App, start_app  # noqa: F401  (fixture)
 from tests.client_ui.test_outbox import draft
@@ -92,6 +94,28 @@ def test_worker_gauges_come_from_the_model_description() -> None:
     )
     assert value("mnist_app_torchserve_workers_ready") == 1
     assert value("mnist_app_torchserve_workers_min") == 2
+
+
+def test_lasting_unknown_workers_are_logged_once_and_their_return_once(
+    services: AppServices, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable() -> dict:
+        raise ServerUnavailableError("connection refused (fake)")
+
+    with caplog.at_level(logging.INFO, logger="client_ui.main"):
+        with monkeypatch.context() as patched:
+            patched.setattr(services.model_client, "model_info", unreachable)
+            known = main._probe_dependencies(services)
+            for _ in range(3):
+                known = main._probe_dependencies(services, known)
+        known = main._probe_dependencies(services, known)
+        known = main._probe_dependencies(services, known)
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m.split(" (")[0] for m in messages] == [
+        "TorchServe's workers unknown",
+        "TorchServe's workers known again",
+    ]
+    assert known and value("mnist_app_torchserve_workers_ready") == 1
 
 
 @pytest.mark.slow  # starts the app as its own process
