@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The same, as they appear in a Host header (IPv6 in brackets).
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -106,7 +108,7 @@ class Settings(BaseSettings):
         """True when the app listens beyond loopback, or answers a name other than loopback's
         (behind a proxy): then it must have a password."""
         names = {_host_name(host) for host in self.ui_allowed_hosts}
-        return not self.ui_on_loopback or not names <= {"127.0.0.1", "localhost", "[::1]"}
+        return not self.ui_on_loopback or not names <= set(LOOPBACK_HOST_NAMES)
 
     @property
     def ui_allowed_hosts(self) -> tuple[str, ...]:
@@ -118,7 +120,7 @@ class Settings(BaseSettings):
         if self.ui_allowed_hosts_override:
             names = self.ui_allowed_hosts_override.split(",")
             return tuple(name.strip().lower() for name in names if name.strip())
-        names = ["127.0.0.1", "localhost", "[::1]"]
+        names = list(LOOPBACK_HOST_NAMES)
         if self.ui_host not in (*LOOPBACK_HOSTS, *WILDCARD_HOSTS):
             names.append(f"[{self.ui_host}]" if ":" in self.ui_host else self.ui_host)
         return tuple(f"{name.lower()}:{self.ui_port}" for name in names)

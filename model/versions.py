@@ -57,6 +57,11 @@ def next_version(store: Path, model_name: str, stamp: str) -> str:
     return f"{max(known, default=0) + 1}.{stamp}"
 
 
+def stored_versions(store: Path, model_name: str) -> set[str]:
+    """The versions of `model_name` whose archives are in `store`."""
+    return {archive.version for archive in archives(store, model_name)}
+
+
 def archive_name(model_name: str, version: str) -> str:
     return f"{model_name}-{version}.mar"
 
@@ -69,7 +74,7 @@ def default_history(store: Path, model_name: str) -> list[str]:
     """The recorded defaults, oldest first, keeping only versions still in the store."""
     path = defaults_file(store, model_name)
     recorded = json.loads(path.read_text())["defaults"] if path.is_file() else []
-    present = {archive.version for archive in archives(store, model_name)}
+    present = stored_versions(store, model_name)
     return [version for version in recorded if version in present]
 
 
@@ -95,7 +100,7 @@ def default_archive(store: Path, model_name: str) -> Archive | None:
 
 def record_default(store: Path, model_name: str, version: str) -> None:
     """Append `version` to the history of defaults (after checking it is in the store)."""
-    if version not in {archive.version for archive in archives(store, model_name)}:
+    if version not in stored_versions(store, model_name):
         raise VersionError(f"{model_name} has no version {version} in {store}")
     current = default_version(store, model_name)
     history = default_history(store, model_name) or ([current] if current else [])

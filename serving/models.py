@@ -37,10 +37,8 @@ def promote(client: TorchServeClient, settings: Settings, version: str) -> None:
             f"{', '.join(sorted(served, key=versions.version_key))}); archive it into "
             f"{settings.model_store} and restart TorchServe (`make stop serve`)"
         )
-    stored = {
-        archive.version for archive in versions.archives(settings.model_store, settings.model_name)
-    }
-    if version not in stored:  # else TorchServe would switch and the record would not follow
+    if version not in versions.stored_versions(settings.model_store, settings.model_name):
+        # else TorchServe would switch and the record would not follow
         raise versions.VersionError(
             f"{settings.model_name} {version} is served but not in {settings.model_store}: "
             "promote with MODEL_STORE set to the store TorchServe loaded it from"
