@@ -20,6 +20,7 @@ ANY = "any"
 DIGIT_OPTIONS = {ANY: "any", **{digit: str(digit) for digit in range(10)}}
 CORRECTNESS_OPTIONS = {ANY: "any", "right": "right", "wrong": "wrong"}
 LABEL_OPTIONS = {-1: "–", **{digit: str(digit) for digit in range(10)}}
+GONE_TEXT = "Drawing #{id} was deleted meanwhile (in another tab); nothing was changed."
 
 
 def register(services: AppServices) -> None:
@@ -127,38 +128,39 @@ class HistoryPage:
                 LABEL_OPTIONS,
                 value=-1 if row.true_label is None else row.true_label,
                 label="true label",
-                on_change=lambda event, row_id=row.id: self.relabel(row_id, event.value),
+                on_change=lambda event, listed=row: self.relabel(listed, event.value),
             ).classes("w-24")
             testid(label, f"relabel-{row.id}")
             ui.label(_verdict(row)).classes("w-14")
-            remove = ui.button(icon="delete", on_click=lambda _, i=row.id: self.confirm(i))
+            remove = ui.button(icon="delete", on_click=lambda _, listed=row: self.confirm(listed))
             testid(remove.props("flat color=negative"), f"delete-{row.id}")
 
-    async def relabel(self, row_id: int, value: int) -> None:
+    async def relabel(self, row: Prediction, value: int) -> None:
         label = None if value == -1 else value
-        await self._change(queries.set_true_label, row_id, label)
+        await self._change(queries.set_true_label, row, label)
 
-    async def confirm(self, row_id: int) -> None:
+    async def confirm(self, row: Prediction) -> None:
         """Ask first: a deleted drawing and its label are gone for good."""
         with ui.dialog() as dialog, ui.card():
-            ui.label(f"Delete drawing #{row_id} and its label? This cannot be undone.")
+            ui.label(f"Delete drawing #{row.id} and its label? This cannot be undone.")
             with ui.row():
                 ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat")
                 delete = ui.button("Delete", on_click=lambda: dialog.submit(True))
                 testid(delete.props("color=negative"), "confirm-delete")
         if await dialog:
-            await self.delete(row_id)
+            await self._change(queries.delete_prediction, row)
         dialog.clear()
 
-    async def delete(self, row_id: int) -> None:
-        await self._change(queries.delete_prediction, row_id)
-
-    async def _change(self, change: Callable[..., object], *args: object) -> None:
+    async def _change(self, change: Callable[..., bool], row: Prediction, *args: object) -> None:
         try:
-            await run.io_bound(self.services.database.call, lambda session: change(session, *args))
+            done = await run.io_bound(
+                self.services.database.call, lambda session: change(session, row, *args)
+            )
         except DATABASE_DOWN_ERRORS:
             ui.notify("The database is unreachable; nothing was changed.", type="negative")
             return
+        if not done:
+            ui.notify(GONE_TEXT.format(id=row.id), type="warning")
         await self.load()
 
     async def export(self) -> None:

@@ -63,14 +63,6 @@ def row_id_for_key(session: Session, drawing_key: str) -> int | None:
     return session.exec(statement).first()
 
 
-def update_prediction(session: Session, row_id: int, values: dict[str, Any]) -> bool:
-    """Overwrite a row's fields; False when the row is gone."""
-    result = session.execute(
-        update(Prediction).where(col(Prediction.id) == row_id).values(**values)
-    )
-    return result.rowcount > 0
-
-
 def update_drawing(session: Session, drawing_key: str, values: dict[str, Any]) -> bool:
     """Overwrite the row of one drawing; False when it is gone. By key, not id: SQLite gives a
     deleted row's id to the next row, which must never take a change meant for the old one."""
@@ -80,12 +72,24 @@ def update_drawing(session: Session, drawing_key: str, values: dict[str, Any]) -
     return result.rowcount > 0
 
 
-def set_true_label(session: Session, row_id: int, label: int | None) -> bool:
-    return update_prediction(session, row_id, {"true_label": label})
+def _same_row(listed: Prediction) -> ColumnElement[bool]:
+    """The row a page listed, matched by id and drawing key: were it deleted meanwhile, SQLite
+    may have given its id to a new drawing, which must not take the change."""
+    return and_(
+        col(Prediction.id) == listed.id,
+        col(Prediction.drawing_key).is_not_distinct_from(listed.drawing_key),
+    )
 
 
-def delete_prediction(session: Session, row_id: int) -> bool:
-    result = session.execute(delete(Prediction).where(col(Prediction.id) == row_id))
+def set_true_label(session: Session, listed: Prediction, label: int | None) -> bool:
+    """False when the listed row is gone."""
+    result = session.execute(update(Prediction).where(_same_row(listed)).values(true_label=label))
+    return result.rowcount > 0
+
+
+def delete_prediction(session: Session, listed: Prediction) -> bool:
+    """False when the listed row is gone."""
+    result = session.execute(delete(Prediction).where(_same_row(listed)))
     return result.rowcount > 0
 
 

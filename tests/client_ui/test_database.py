@@ -80,12 +80,30 @@ def test_the_database_rejects_values_out_of_range(database: Database, bad: dict)
 def test_relabel_and_delete(database: Database) -> None:
     first, second = insert(database, row(), row())
     with database.session() as session:
-        assert queries.set_true_label(session, first, 3)
-        assert queries.delete_prediction(session, second)
-        assert not queries.delete_prediction(session, second)
+        listed = queries.list_predictions(session)
+        by_id = {row.id: row for row in listed}
+        assert queries.set_true_label(session, by_id[first], 3)
+        assert queries.delete_prediction(session, by_id[second])
+        assert not queries.delete_prediction(session, by_id[second])
     with database.session() as session:
         assert queries.get_prediction(session, first).true_label == 3  # type: ignore[union-attr]
         assert queries.count_predictions(session) == 1
+
+
+def test_a_listed_row_deleted_meanwhile_is_not_changed_in_the_row_that_took_its_id(
+    database: Database,
+) -> None:
+    (first,) = insert(database, row(drawing_key="first"))
+    with database.session() as session:
+        listed = queries.get_prediction(session, first)
+        assert queries.delete_prediction(session, listed)
+    (reused,) = insert(database, row(drawing_key="second"))
+    if database.engine.dialect.name == "sqlite":
+        assert reused == first  # SQLite gives the newest deleted id again; PostgreSQL never
+    with database.session() as session:
+        assert not queries.set_true_label(session, listed, 3)
+        assert not queries.delete_prediction(session, listed)
+        assert queries.get_prediction(session, reused).true_label is None  # type: ignore[union-attr]
 
 
 def test_filters_and_paging(database: Database) -> None:

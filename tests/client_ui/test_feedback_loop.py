@@ -88,7 +88,7 @@ async def test_retrain_shadow_promote_and_roll_back(
     candidate, database = loop.candidate, loop.services.database
     with database.session() as session:  # only the app's drawings from here on
         for row in queries.list_predictions(session, limit=1000):
-            queries.delete_prediction(session, row.id)  # type: ignore[arg-type]
+            queries.delete_prediction(session, row)
     [(image, _)] = drawings("black_on_white", 1, data_dir=mnist_dir, seed=5)
 
     await user.open("/")

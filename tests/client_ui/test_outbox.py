@@ -118,7 +118,7 @@ def test_an_app_killed_after_the_database_took_a_row_updates_it_on_restart(
 
 def delete_row(database: Database, row_id: int) -> None:
     with database.session() as session:
-        assert queries.delete_prediction(session, row_id)
+        assert queries.delete_prediction(session, queries.get_prediction(session, row_id))
 
 
 def test_a_deleted_drawing_is_not_saved_again(database: Database, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from client_ui import draw, main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
 from client_ui.draw import DELETED_TEXT, DOT_HINT, LABEL_WAITS_TEXT, PENDING_TEXT
+from client_ui.history import GONE_TEXT
 from client_ui.images import data_url, model_view_png
 from client_ui.models import utc_now
 from client_ui.outbox import Outbox, PredictionDraft
@@ -113,7 +115,7 @@ async def test_a_drawing_deleted_in_history_is_not_brought_back_by_a_label(
     stroke(user, digit_png())
     await user.should_see("Saved as #1")
     with services.database.session() as session:  # another tab's History page deletes it
-        assert queries.delete_prediction(session, 1)
+        assert queries.delete_prediction(session, queries.get_prediction(session, 1))
 
     user.find(marker="label-3").click()
     await user.should_see(DELETED_TEXT, marker="save-status")
@@ -169,7 +171,7 @@ async def test_a_deleted_drawing_never_overwrites_the_drawing_that_reuses_its_id
     stroke(user, digit_png())
     await user.should_see("Saved as #1")
     with services.database.session() as session:  # another tab deletes it, a third draws
-        assert queries.delete_prediction(session, 1)
+        assert queries.delete_prediction(session, queries.get_prediction(session, 1))
         other = {"timestamp": utc_now(), "predicted_digit": 0, "confidence": 0.9,
                  "image_data": b"another drawing", "model_version": "1.0", "latency_ms": 5.0,
                  "drawing_key": "another tab's"}  # fmt: skip
@@ -301,6 +303,7 @@ def add_rows(database: Database, rows: list[tuple[int, int | None]]) -> None:
                     "image_data": digit_png(28),
                     "model_version": "1.0",
                     "latency_ms": 3.0,
+                    "drawing_key": uuid.uuid4().hex,
                 },
             )
 
@@ -339,6 +342,22 @@ async def test_history_filters_relabels_deletes_and_exports(
     await user.download.next()
     records = list(csv.DictReader(io.StringIO(user.download.http_responses[-1].text)))
     assert sorted(r["id"] for r in records) == ["1", "2"]
+
+
+async def test_history_never_changes_a_new_drawing_that_took_a_listed_rows_id(
+    user: User, services: AppServices
+) -> None:
+    add_rows(services.database, [(1, None), (4, None)])
+    await user.open("/history")
+    await user.should_see(marker="row-2")
+    with services.database.session() as session:  # another tab deletes #2
+        assert queries.delete_prediction(session, queries.get_prediction(session, 2))
+    add_rows(services.database, [(6, None)])  # a new drawing takes its id (SQLite)
+
+    user.find(marker="relabel-2").elements.pop().set_value(9)
+    await user.should_see(GONE_TEXT.format(id=2), retries=DATABASE_RETRIES)
+    await user.should_see("predicted 6")
+    assert [(d, label) for d, label, _ in stored(services.database)] == [(6, None), (1, None)]
 
 
 async def test_history_pages_through_many_rows(user: User, services: AppServices) -> None:

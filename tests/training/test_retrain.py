@@ -54,7 +54,7 @@ def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int
             }
             ids.append(queries.insert_prediction(session, values))
         for row_id in ids[:deleted]:
-            queries.delete_prediction(session, row_id)
+            queries.delete_prediction(session, queries.get_prediction(session, row_id))
     return database.url
 
 
