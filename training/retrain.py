@@ -14,12 +14,15 @@ refitted on the holdout drawings once there are enough of them (--min-calibratio
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +52,7 @@ from training.train import (
 )
 
 RESULTS_JSON, RESULTS_MD, CONFUSION_PLOT = "retrain.json", "retrain.md", "retrain_confusion.png"
+LOCK_FILE = ".retrain.lock"
 # Below this many holdout drawings a temperature fitted on them strays too far from the one
 # fitted on thousands (docs/retraining.md, "The temperature, from people's drawings").
 MIN_CALIBRATION_DRAWINGS = 1000
@@ -65,6 +69,10 @@ MNIST_REFERENCES = {"current": "the current model", "first": "`make train`'s mod
 # (docs/retraining.md, "When is a candidate worse on MNIST").
 MNIST_PER_DRAWING_VIEW = 2
 MIN_MNIST_IMAGES = 20_000
+
+
+class RetrainRunningError(RuntimeError):
+    """Another retrain holds the model store."""
 
 
 class NotEnoughDrawingsError(RuntimeError):
@@ -357,6 +365,20 @@ def current_model_file(model_path: Path, model_name: str, default_version: str |
     return promoted
 
 
+@contextmanager
+def only_retrain(store: Path) -> Iterator[None]:
+    """One retrain at a time per model store: two at once would choose the same next version,
+    and the second archive would replace the first."""
+    with open(store / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainRunningError(
+                f"Another retrain is writing to {store}; run this one once it has finished."
+            ) from None
+        yield
+
+
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
     settings = get_settings()
     rows = read_labelled(args.database_url or settings.database_url)
@@ -468,11 +490,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = retrain(args)
+        with only_retrain(args.model_path.parent):
+            report = retrain(args)
     except NotEnoughDrawingsError as error:
         print(error)
         return 0
-    except MissingModelError as error:
+    except (MissingModelError, RetrainRunningError) as error:
         print(error, file=sys.stderr)
         return 1
     current, candidate = report["current"], report["candidate"]

@@ -20,7 +20,7 @@ from serving.archive import build_archive
 from training.data import load_split
 from training.drawings import STYLES as DRAWING_STYLES
 from training.drawings import render_drawing
-from training.retrain import in_holdout, main, read_labelled
+from training.retrain import in_holdout, main, only_retrain, read_labelled
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -114,6 +114,19 @@ def test_too_few_drawings_says_how_many_more_and_archives_nothing(
     assert "150 labelled drawings" in said and "(50 more)" in said
     assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]
     assert not (tmp_path / "results" / "retrain.json").exists()
+
+
+def test_a_second_retrain_at_the_same_time_stops_and_archives_nothing(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Both would choose the same next version, and one archive would replace the other."""
+    argv = ["--database-url", f"sqlite:///{tmp_path / 'none.db'}",
+            "--model-path", str(store / "mnist_cnn.pt"),
+            "--results-dir", str(tmp_path)]  # fmt: skip
+    with only_retrain(store):  # the first one, still training
+        assert main(argv) == 1
+    assert "Another retrain is writing to" in capsys.readouterr().err
+    assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]
 
 
 def test_a_fine_tuned_candidate_is_compared_and_archived_as_the_next_version(
