@@ -71,7 +71,12 @@ def protect(settings: Settings) -> None:
             "UI_PASSWORD (the login) for an app reached beyond this machine (behind a proxy), "
             "or leave UI_ALLOWED_HOSTS unset"
         )
-    app.add_middleware(AccessGuard, allowed_hosts=settings.ui_allowed_hosts, password=password)
+    app.add_middleware(
+        AccessGuard,
+        allowed_hosts=settings.ui_allowed_hosts,
+        password=password,
+        metrics_token=settings.metrics_token.get_secret_value(),
+    )
 
 
 def register_lifecycle(services: AppServices) -> None:

@@ -27,15 +27,26 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REALM = "MNIST digits"
 #: Headers a request may carry once: with two, the checks and the app could read different ones.
 SINGLE_HEADERS = ("host", "origin", "authorization")
+METRICS_PATH = "/metrics"
 
 
 class AccessGuard:
-    """Refuses requests whose Host or Origin is not allowed, or without the password if set."""
+    """Refuses requests whose Host or Origin is not allowed, or without the password if set.
 
-    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str], password: str = "") -> None:
+    `/metrics` also takes the metrics token (`Authorization: Bearer`), if set, so Prometheus
+    need not hold the password that reads and changes people's drawings."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_hosts: Iterable[str],
+        password: str = "",
+        metrics_token: str = "",
+    ) -> None:
         self.app = app
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
         self.password = password.encode()
+        self.metrics_token = metrics_token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -49,7 +60,7 @@ class AccessGuard:
         if any(names.count(name) > 1 for name in SINGLE_HEADERS):
             problem: tuple[int, str] | None = (400, "repeated Host, Origin or Authorization")
         else:
-            problem = self._problem(dict(pairs))
+            problem = self._problem(dict(pairs), scope.get("path", ""))
         if problem is None:
             await self.app(scope, receive, send)
             return
@@ -57,15 +68,26 @@ class AccessGuard:
         log.warning("refused %s %r: %s", scope["type"], scope.get("path", ""), reason)
         await _refuse(scope, send, status, reason, challenge=status == 401)
 
-    def _problem(self, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _problem(self, headers: dict[str, str], path: str) -> tuple[int, str] | None:
         if headers.get("host", "").lower() not in self.allowed_hosts:
             return 400, "unknown Host"
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin):
             return 403, "foreign Origin"
-        if self.password and not self._authorised(headers.get("authorization", "")):
+        authorization = headers.get("authorization", "")
+        if path == METRICS_PATH and self._metrics_token_given(authorization):
+            return None
+        if self.password and not self._authorised(authorization):
             return 401, "login required"
         return None
+
+    def _metrics_token_given(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        return (
+            bool(self.metrics_token)
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(token.strip().encode("latin-1"), self.metrics_token)
+        )
 
     def _origin_allowed(self, origin: str) -> bool:
         parts = urlsplit(origin)

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     db_timeout_s: Annotated[float, _env("DB_TIMEOUT"), Field(gt=0)] = 2.0
     ui_allowed_hosts_override: Annotated[str | None, _env("UI_ALLOWED_HOSTS")] = None
     ui_password: Annotated[SecretStr, _env("UI_PASSWORD")] = SecretStr("")
+    metrics_token: Annotated[SecretStr, _env("METRICS_TOKEN")] = SecretStr("")
     # When the Draw page calls the model unsure and offers its likeliest digits: the top
     # probability below this, or the top two closer than the margin (docs/confidence.md).
     ui_unsure_confidence: Annotated[float, _env("UI_UNSURE_CONFIDENCE"), Field(ge=0, le=1)] = 0.8

@@ -209,6 +209,28 @@ def test_the_login_protects_pages_and_their_websocket(start_app) -> None:
     assert app.websocket_status(Origin=own, Authorization=login) == 101
 
 
+def test_the_metrics_token_reads_metrics_and_nothing_else(start_app) -> None:
+    app = start_app(UI_HOST="0.0.0.0", UI_PASSWORD=PASSWORD, METRICS_TOKEN="scrape-only")
+    token = "Bearer scrape-only"
+    answers = {
+        "metrics, token": app.get("/metrics", Authorization=token).status_code,
+        "metrics, wrong token": app.get("/metrics", Authorization="Bearer guess").status_code,
+        "metrics, password": app.get("/metrics", Authorization=basic(PASSWORD)).status_code,
+        "page, token": app.get("/", Authorization=token).status_code,
+        "history, token": app.get("/history", Authorization=token).status_code,
+        "socket.io, token": app.get(SOCKET_IO, Authorization=token).status_code,
+    }
+    assert answers == {
+        "metrics, token": 200,
+        "metrics, wrong token": 401,
+        "metrics, password": 200,
+        "page, token": 401,
+        "history, token": 401,
+        "socket.io, token": 401,
+    }
+    assert "mnist_app" in app.get("/metrics", Authorization=token).text
+
+
 def health_check(app: App, **settings: str) -> subprocess.CompletedProcess:
     """`python -m client_ui.health` (the containers' health check) with the app's settings."""
     env = {**app.env, **settings}

@@ -105,6 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env_file = tmp_path_factory.mktemp("compose") / ".env"
     env_file.write_text(
         f"POSTGRES_PASSWORD={database_password}\nUI_PASSWORD={password}\nAPP_PORT={port}\n"
+        f"METRICS_TOKEN={secrets.token_urlsafe(16)}\n"
     )
     compose = [
         str(Path(sys.executable).with_name("podman-compose")),

@@ -138,7 +138,7 @@ def test_the_runtime_and_monitors_match_their_schemas_which_refuse_a_misspelt_fi
         validate_custom(broken)
 
 
-def test_prometheus_scrapes_the_app_with_its_login_at_an_address_it_allows() -> None:
+def test_prometheus_scrapes_the_app_with_its_metrics_token_at_an_address_it_allows() -> None:
     """The Host Prometheus sends is the pod's IP and the scraped port; the app allows it."""
     [endpoint] = the("PodMonitor", "mnist-app")["spec"]["podMetricsEndpoints"]
     app = the("StatefulSet", "mnist-app")["spec"]["template"]
@@ -152,7 +152,8 @@ def test_prometheus_scrapes_the_app_with_its_login_at_an_address_it_allows() -> 
     assert f"$(POD_IP):{port['containerPort']}" in allowed
     assert the("Ingress", "mnist-app")["spec"]["rules"][0]["host"] in allowed
     assert endpoint["path"] == "/metrics"
-    assert endpoint["basicAuth"]["password"] == env["UI_PASSWORD"]["secretKeyRef"]
+    assert endpoint["authorization"]["type"] == "Bearer" and "basicAuth" not in endpoint
+    assert endpoint["authorization"]["credentials"] == env["METRICS_TOKEN"]["secretKeyRef"]
 
 
 def test_prometheus_scrapes_torchserves_metrics_port_under_the_alerts_job_names() -> None:

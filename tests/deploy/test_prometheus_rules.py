@@ -52,9 +52,9 @@ def test_the_compose_stacks_configuration_is_valid_and_scrapes_the_same_jobs(
 ) -> None:
     """deploy/compose/prometheus.yml, as the stack's image lays it out: beside alerts.yml."""
     config = yaml.safe_load((PROJECT_ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
-    (tmp_path / "app-password").write_text("secret")
+    (tmp_path / "app-metrics-token").write_text("secret")
     [app_job] = [job for job in config["scrape_configs"] if job["job_name"] == "mnist-app"]
-    app_job["basic_auth"]["password_file"] = str(tmp_path / "app-password")
+    app_job["authorization"]["credentials_file"] = str(tmp_path / "app-metrics-token")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(PROMETHEUS_DIR / "alerts.yml", tmp_path / "alerts.yml")
     checked = run(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
