@@ -60,16 +60,12 @@ def protect(settings: Settings) -> None:
     Raises `SystemExit` when the app would listen beyond this machine without a password.
     """
     password = settings.ui_password.get_secret_value()
-    if not settings.ui_on_loopback and not password:
-        raise SystemExit(
-            f"refusing to listen on {settings.ui_host}: set UI_PASSWORD (the login) to serve "
-            "the app beyond this machine, or UI_HOST=127.0.0.1"
-        )
     if settings.ui_reachable_beyond_this_machine and not password:
         raise SystemExit(
-            f"refusing to answer {', '.join(settings.ui_allowed_hosts)} without a password: set "
-            "UI_PASSWORD (the login) for an app reached beyond this machine (behind a proxy), "
-            "or leave UI_ALLOWED_HOSTS unset"
+            f"refusing to listen on {settings.ui_host} and answer "
+            f"{', '.join(settings.ui_allowed_hosts)} without a password: set UI_PASSWORD (the "
+            "login) for an app reached beyond this machine, or keep UI_HOST=127.0.0.1 and "
+            "UI_ALLOWED_HOSTS unset"
         )
     app.add_middleware(
         AccessGuard,
