@@ -167,7 +167,9 @@ class PredictionStore:
         """Insert the drawing's first row, then update that row; RowDeletedError once it is gone.
 
         Without a known row id the row is first looked up by the drawing's key: an app killed
-        after the database took the row, but before it recorded that, updates it on restart."""
+        after the database took the row, but before it recorded that, updates it on restart.
+        An update without a label leaves the row's label alone: the Draw page never takes a
+        label back, so one given on the History page meanwhile must stay."""
         self._create_tables_once()
         values = draft.row_values()
         with self.database.session() as session:
@@ -175,6 +177,8 @@ class PredictionStore:
                 row_id = queries.row_id_for_key(session, draft.key)
             if row_id is None:
                 return queries.insert_prediction(session, values)
+            if draft.true_label is None:
+                del values["true_label"]
             if not queries.update_drawing(session, draft.key, values):
                 raise RowDeletedError(row_id)
         return row_id

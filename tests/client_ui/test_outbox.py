@@ -102,6 +102,23 @@ def test_later_saves_of_a_drawing_update_its_row(sqlite_database: Database, tmp_
     assert store.pending_count() == 0
 
 
+def test_a_later_save_without_a_label_keeps_a_label_given_on_history(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    """The candidate's late answer, or another stroke, about a drawing labelled meanwhile on
+    the History page of another tab."""
+    store = PredictionStore(sqlite_database, Outbox(tmp_path / "outbox"))
+    first = draft("h1", predicted=1)
+    assert store.save(first) is SaveOutcome.SAVED
+    with sqlite_database.session() as session:
+        [listed] = queries.list_predictions(session)
+        assert queries.set_true_label(session, listed, 7)
+    assert store.save(replace(first, shadow_version="2.1", shadow_digit=7)) is SaveOutcome.SAVED
+    assert rows(sqlite_database) == [(1, 7)]
+    assert store.save(replace(first, true_label=1)) is SaveOutcome.SAVED
+    assert rows(sqlite_database) == [(1, 1)]
+
+
 def test_an_app_killed_after_the_database_took_a_row_updates_it_on_restart(
     database: Database, tmp_path: Path
 ) -> None:
