@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL := model_store/mnist_cnn.pt
 
-.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy ceiling soak kserve-store retrain base-image images compose-smoke gpu-check clean
+.PHONY: setup data train archive train-and-archive serve stop ui run test test-fast lint format bench accuracy ceiling soak kserve-store k8s-rules retrain base-image images compose-smoke gpu-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -92,6 +92,10 @@ retrain: setup
 # version; the container image takes that version too (docs/deployment.md).
 kserve-store: train-and-archive
 	$(PY) -m serving.kserve --out build/kserve
+
+# The alert rules (deploy/prometheus/alerts.yml) as a PrometheusRule for the cluster.
+k8s-rules: setup
+	$(PY) deploy/k8s/prometheus_rule.py --out build/k8s/prometheus-rule.yaml
 
 # Container images and the compose stack with podman (docs/deployment.md). Where no image
 # registry is reachable, `make base-image` makes a Debian base from Debian's packages and

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ SCHEMAS = {
     "InferenceService": K8S_DIR / "schema" / "inferenceservice-v1beta1.json.gz",
     "ServingRuntime": K8S_DIR / "schema" / "servingruntime-v1alpha1.json.gz",
     "PodMonitor": K8S_DIR / "schema" / "podmonitor-v1.json.gz",
+    "PrometheusRule": K8S_DIR / "schema" / "prometheusrule-v1.json.gz",
 }
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "containers" / "entrypoint.sh"
 ALERTS = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -63,7 +66,9 @@ def strict(schema: Any) -> Any:
 def validate_custom(document: dict[str, Any]) -> None:
     """A custom resource against its kind's CRD schema, unknown fields refused."""
     schema = strict(json.loads(gzip.decompress(SCHEMAS[document["kind"]].read_bytes())))
-    jsonschema.validate(document, schema)
+    # Not jsonschema.validate, which first checks the schema's patterns as Python regular
+    # expressions: they are Go's, and Python refuses some (PrometheusRule's "^(?i)...").
+    jsonschema.validators.validator_for(schema)(schema).validate(document)
 
 
 def layout_port(name: str) -> int:
@@ -284,3 +289,16 @@ def test_every_manifest_belongs_to_the_project() -> None:
         "app.yaml", "inferenceservice.yaml", "monitoring.yaml", "servingruntime.yaml",
         "torchserve-direct.yaml",
     }  # fmt: skip
+
+
+def test_make_k8s_rules_writes_the_alert_rules_as_a_prometheus_rule(tmp_path: Path) -> None:
+    out = tmp_path / "prometheus-rule.yaml"
+    command = [sys.executable, str(K8S_DIR / "prometheus_rule.py"), "--out", str(out)]
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    rule = yaml.safe_load(out.read_text())
+    validate_custom(rule)
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["fore"] = "1m"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(broken)

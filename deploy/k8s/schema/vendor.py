@@ -3,6 +3,7 @@
     python deploy/k8s/schema/vendor.py inferenceservice ~/src/kserve
     python deploy/k8s/schema/vendor.py servingruntime ~/src/kserve
     python deploy/k8s/schema/vendor.py podmonitor ~/src/prometheus-operator
+    python deploy/k8s/schema/vendor.py prometheusrule ~/src/prometheus-operator
 
 Takes one version's OpenAPI schema out of the CRD in the checkout (a work tree or a bare clone),
 drops the descriptions (most of its size) and writes it gzipped beside this file, with the
@@ -53,6 +54,13 @@ CRDS = {
         "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
         "v1",
         "podmonitor-v1.json.gz",
+        "The Prometheus Operator is Apache-2.0 licensed.",
+    ),
+    "prometheusrule": Crd(
+        "prometheus-operator/prometheus-operator",
+        "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+        "v1",
+        "prometheusrule-v1.json.gz",
         "The Prometheus Operator is Apache-2.0 licensed.",
     ),
 }
