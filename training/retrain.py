@@ -1,7 +1,7 @@
 """`python -m training.retrain`: the next model version, trained on the drawings people labelled.
 
 Reads the labelled drawings from the app's database (read-only), brings each to MNIST form with
-the handler's own preprocessing, splits them by drawing id into train and holdout, and
+the handler's own preprocessing, splits them by drawing into train and holdout, and
 fine-tunes the current model on the train part with MNIST mixed in (so it does not forget
 MNIST). The candidate and the current model are compared on the MNIST test set and on the
 holdout drawings (results/retrain.json, results/retrain.md, results/retrain_confusion.png).
@@ -90,11 +90,12 @@ class Drawings:
     skipped: int
 
 
-def read_labelled(database_url: str) -> list[tuple[int, bytes, int]]:
-    """(id, image, true label) of every labelled drawing, read in a read-only transaction.
+def read_labelled(database_url: str) -> list[tuple[str, bytes, int]]:
+    """(drawing, image, true label) of every labelled drawing, read in a read-only transaction.
 
-    The app upserts one row per drawing, so its label is the latest one given; a drawing
-    deleted on the History page has no row."""
+    A drawing is named by its key, which the app gives it and a dump and reload keeps; a row
+    written before drawings had keys, by its id. The app upserts one row per drawing, so its
+    label is the latest one given; a drawing deleted on the History page has no row."""
     engine = create_engine(normalise_database_url(database_url))
     try:
         with engine.connect() as connection:
@@ -104,12 +105,13 @@ def read_labelled(database_url: str) -> list[tuple[int, bytes, int]]:
                 connection.exec_driver_sql("PRAGMA query_only = ON")
             table = Table("predictions", MetaData(), autoload_with=connection)
             query = (
-                select(table.c.id, table.c.image_data, table.c.true_label)
+                select(table.c.id, table.c.drawing_key, table.c.image_data, table.c.true_label)
                 .where(table.c.true_label.is_not(None))
                 .order_by(table.c.id)
             )
             rows = [
-                (int(i), bytes(image), int(label)) for i, image, label in connection.execute(query)
+                (key or str(row_id), bytes(image), int(label))
+                for row_id, key, image, label in connection.execute(query)
             ]
             connection.rollback()
     finally:
@@ -117,23 +119,23 @@ def read_labelled(database_url: str) -> list[tuple[int, bytes, int]]:
     return rows
 
 
-def in_holdout(drawing_id: int, holdout_percent: int) -> bool:
+def in_holdout(drawing: str, holdout_percent: int) -> bool:
     """The same drawing always lands on the same side, whatever else is in the database."""
-    digest = hashlib.sha256(f"drawing-{drawing_id}".encode()).digest()
+    digest = hashlib.sha256(f"drawing-{drawing}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 100 < holdout_percent
 
 
-def prepare(rows: list[tuple[int, bytes, int]], holdout_percent: int) -> Drawings:
-    """MNIST-form pixels for every readable drawing, split by id."""
+def prepare(rows: list[tuple[str, bytes, int]], holdout_percent: int) -> Drawings:
+    """MNIST-form pixels for every readable drawing, split by drawing."""
     sides: dict[bool, tuple[list[np.ndarray], list[int]]] = {True: ([], []), False: ([], [])}
     skipped = 0
-    for drawing_id, image, label in rows:
+    for drawing, image, label in rows:
         try:
             pixels = to_mnist_pixels(decode_image(image))
         except InvalidInputError:
             skipped += 1
             continue
-        images, labels = sides[in_holdout(drawing_id, holdout_percent)]
+        images, labels = sides[in_holdout(drawing, holdout_percent)]
         images.append(pixels)
         labels.append(label)
 
@@ -317,7 +319,7 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
     lines = [
         "# Retraining from the labelled drawings",
         "",
-        f"{counts['train']} drawings to train on, {counts['holdout']} held out (by drawing id), "
+        f"{counts['train']} drawings to train on, {counts['holdout']} held out (by drawing), "
         f"{counts['skipped']} unreadable; {report['mix']['mnist_images']} MNIST training images "
         "mixed in.",
         "",
@@ -460,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--min-drawings", type=int, default=100, help="labelled drawings needed")
     parser.add_argument(
-        "--holdout-percent", type=int, default=20, help="share held out, by drawing id"
+        "--holdout-percent", type=int, default=20, help="share held out, by drawing"
     )
     parser.add_argument(
         "--from-scratch", action="store_true", help="new weights, not the current ones"
