@@ -245,7 +245,7 @@ class DrawPage:
             self.draft = answered
         else:
             self.previous_draft = answered
-        await self._save(answered)
+        await self._save(answered, with_label=False)
 
     def _newest_state(self, key: str) -> PredictionDraft | None:
         """This page's newest state of drawing `key`: the one on the canvas or the one cleared."""
@@ -268,15 +268,17 @@ class DrawPage:
         self.draft = replace(self.draft, true_label=digit)
         await self._save(self.draft)
 
-    async def _save(self, draft: PredictionDraft) -> None:
+    async def _save(self, draft: PredictionDraft, *, with_label: bool = True) -> None:
         """Save even if the canvas was cleared meanwhile; report only on the current drawing.
 
         What is written is the page's newest state of the drawing when its turn comes, so a
         save asked for earlier (the answer's, behind "what the model saw") never writes over a
-        label or a later stroke saved before it."""
+        label or a later stroke saved before it. Without `with_label` (the candidate's answer,
+        not the person's doing) the row keeps the label it has, given here or on History."""
         async with self.save_lock:
             draft = self._newest_state(draft.key) or draft
-            outcome = await run.io_bound(self.services.store.save, draft)
+            written = draft if with_label else replace(draft, true_label=None)
+            outcome = await run.io_bound(self.services.store.save, written)
         if draft.key != self.drawing_key:
             return
         self.waiting_for_database = outcome is SaveOutcome.PENDING

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from enum import Enum
 
 from client_ui import metrics, queries
@@ -57,10 +58,16 @@ class PredictionStore:
         return True
 
     def save(self, draft: PredictionDraft) -> SaveOutcome:
-        """Write the drawing's row, or keep the draft in the outbox while the database is down."""
+        """Write the drawing's row, or keep the draft in the outbox while the database is down.
+
+        A draft without a label never takes one back: not the row's (`_write`), nor one still
+        waiting in the outbox."""
         with self._guard:
             if draft.key in self._deleted:
                 return SaveOutcome.DELETED
+            pending = self.outbox.get(draft.key)
+            if draft.true_label is None and pending is not None:
+                draft = replace(draft, true_label=pending[0].draft.true_label)
             self.outbox.put(draft, self._row_ids.get(draft.key))
         try:
             outcome = self._deliver(draft.key, wait_s=self.database.timeout_s)

@@ -172,6 +172,22 @@ def test_a_pending_change_to_a_drawing_deleted_meanwhile_is_dropped(
     assert rows(database) == []
 
 
+def test_a_label_waiting_in_the_outbox_is_kept_by_a_later_save_without_one(
+    outage: tuple[Database, Callable], tmp_path: Path
+) -> None:
+    """The candidate's answer, saved without the label, while the labelled state still waits."""
+    database, bring_back = outage
+    store = PredictionStore(database, Outbox(tmp_path / "outbox"))
+    labelled = replace(draft("w1", predicted=2), true_label=2)
+    assert store.save(labelled) is SaveOutcome.PENDING
+    assert store.save(replace(labelled, true_label=None, shadow_digit=5)) is SaveOutcome.PENDING
+    bring_back()
+    assert store.flush() == 1
+    with database.session() as session:
+        [row] = queries.list_predictions(session)
+    assert (row.true_label, row.shadow_digit) == (2, 5)
+
+
 def test_outbox_rejects_keys_that_are_not_plain_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a drawing key"):
         Outbox(tmp_path).put(draft(key="../escape"), None)

@@ -99,6 +99,23 @@ async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_la
     await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", 3)])
 
 
+async def test_the_candidates_late_answer_keeps_a_label_given_on_history_meanwhile(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    services.shadow_version = "2.0"
+    fake_client.candidate_gate = threading.Event()
+    await user.open("/")
+    stroke(user, digit_png())
+    await user.should_see("Saved as #1")
+    user.find(marker="label-3").click()
+    await user.should_see("true label 3")
+    user.find(marker="clear-button").click()
+    with services.database.session() as session:  # History, in another tab, corrects it
+        assert queries.set_true_label(session, queries.get_prediction(session, 1), 7)
+    fake_client.candidate_gate.set()
+    await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", 7)])
+
+
 def add_versioned(
     database: Database,
     rows: list[tuple[str, int, int | None, int | None]],
