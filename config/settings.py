@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     def _from_project_root(cls, path: Path) -> Path:
         return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _without_surrounding_space(cls, token: object) -> object:
+        """A token made into a file (a Secret from a file) often ends in a newline, which no
+        Authorization header carries."""
+        return token.strip() if isinstance(token, str) else token
+
     @field_validator("inference_url", "management_url", "metrics_url")
     @classmethod
     def _without_trailing_slash(cls, url: str) -> str:

@@ -61,6 +61,11 @@ def test_trailing_slashes_are_dropped_from_urls(tmp_path: Path) -> None:
     assert settings.management_url == "http://127.0.0.1:9081"
 
 
+def test_a_metrics_token_read_from_a_file_loses_its_newline(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, METRICS_TOKEN="c0ffee\n")
+    assert settings.metrics_token.get_secret_value() == "c0ffee"
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("UI_PORT", "eighty"), ("UI_PORT", "70000"), ("TS_REQUEST_TIMEOUT", "0"),
