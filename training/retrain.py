@@ -80,7 +80,8 @@ class NotEnoughDrawingsError(RuntimeError):
 
 
 class MissingModelError(RuntimeError):
-    """The default version's weights are not in the store; the message says what to restore."""
+    """The store, or the default version's weights in it, are missing; the message says what
+    to restore."""
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,11 @@ def current_model_file(model_path: Path, model_name: str, default_version: str |
 def only_retrain(store: Path) -> Iterator[None]:
     """One retrain at a time per model store: two at once would choose the same next version,
     and the second archive would replace the first."""
+    if not store.is_dir():
+        raise MissingModelError(
+            f"There is no model store at {store}: run `make train-and-archive`, or give the "
+            "model's path with --model-path"
+        )
     with open(store / LOCK_FILE, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

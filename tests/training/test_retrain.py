@@ -28,9 +28,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 STYLES = ("thick_stroke", "very_thick_stroke", "sent_28_thick_stroke", "black_on_white")
 
 
-def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int = 0) -> str:
+def store_drawings(
+    database: Database, count: int, mnist_dir: Path, deleted: int = 0, keyed: bool = True
+) -> str:
     """`count` labelled rows (every fifth prediction wrong), `deleted` of them removed again,
     and a few unlabelled ones, which retraining must not use; returns the database's URL.
+    Each row has a drawing key as the app writes it, unless not `keyed` (rows from before keys).
 
     Each is another MNIST *training* digit, drawn in one of STYLES in turn: no digit is on both
     sides of the holdout split, and none is in the MNIST test set the candidate is judged on."""
@@ -52,6 +55,7 @@ def store_drawings(database: Database, count: int, mnist_dir: Path, deleted: int
                 "image_data": image,
                 "model_version": "1.0",
                 "latency_ms": 5.0,
+                "drawing_key": uuid.UUID(int=index + 1).hex if keyed else None,
             }
             ids.append(queries.insert_prediction(session, values))
         for row_id in ids[:deleted]:
@@ -95,7 +99,7 @@ def test_a_drawing_is_named_by_its_key_which_a_dump_and_reload_keeps(
 ) -> None:
     """Not by its row id, which a reload into another database may renumber, moving it across
     the split; a row from before drawings had keys is named by its id."""
-    url = store_drawings(postgres_database, 2, mnist_dir)
+    url = store_drawings(postgres_database, 2, mnist_dir, keyed=False)
     with postgres_database.session() as session:
         values = {"predicted_digit": 4, "confidence": 0.9, "true_label": 4, "image_data": b"png",
                   "model_version": "1.0", "latency_ms": 5.0, "drawing_key": "a1b2"}  # fmt: skip
@@ -144,6 +148,16 @@ def test_a_second_retrain_at_the_same_time_stops_and_archives_nothing(
         assert main(argv) == 1
     assert "Another retrain is writing to" in capsys.readouterr().err
     assert [a.version for a in versions.archives(store, "mnist")] == ["1.0"]
+
+
+def test_a_missing_model_store_says_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--database-url", f"sqlite:///{tmp_path / 'none.db'}",
+            "--model-path", str(tmp_path / "no_store" / "mnist_cnn.pt")]  # fmt: skip
+    assert main(argv) == 1
+    assert "make train-and-archive" in capsys.readouterr().err
+    assert not (tmp_path / "no_store").exists()
 
 
 def test_a_fine_tuned_candidate_is_compared_and_archived_as_the_next_version(
