@@ -10,7 +10,7 @@ from sqlmodel import Session
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
 from client_ui.images import data_url
-from client_ui.layout import CONNECT_TIMEOUT_S, page_frame, testid
+from client_ui.layout import browser_connected, page_frame, testid
 from client_ui.models import Prediction
 from client_ui.queries import Filters
 from client_ui.services import AppServices
@@ -27,8 +27,8 @@ def register(services: AppServices) -> None:
     @ui.page("/history")
     async def history_page() -> None:
         page = HistoryPage(services)
-        await ui.context.client.connected(CONNECT_TIMEOUT_S)  # sent first: the database may hang
-        await page.load()
+        if await browser_connected():  # the page is sent first: the database may hang
+            await page.load()
 
 
 class HistoryPage:

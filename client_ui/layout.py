@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nicegui import ui
+from nicegui.client import ClientConnectionTimeout
 
 #: How long a page that was sent waits for its browser to connect before it gives up (and is
 #: cleaned up): pages that wait on TorchServe or the database do so only once connected.
@@ -20,6 +21,16 @@ def page_frame(active: str) -> None:
             link.classes("text-white no-underline")
             if path == active:
                 link.classes("font-bold underline")
+
+
+async def browser_connected() -> bool:
+    """Wait for the page's browser to connect; False when it never does (a page fetched by curl
+    or a monitor, a tab closed at once). That is no error: the page has nothing more to fill."""
+    try:
+        await ui.context.client.connected(CONNECT_TIMEOUT_S)
+    except ClientConnectionTimeout:
+        return False
+    return True
 
 
 def testid(element: ui.element, name: str) -> ui.element:

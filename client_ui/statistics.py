@@ -9,7 +9,7 @@ from nicegui import run, ui
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
-from client_ui.layout import CONNECT_TIMEOUT_S, page_frame, testid
+from client_ui.layout import browser_connected, page_frame, testid
 from client_ui.queries import ROLLING_WINDOW, ShadowComparison, Statistics
 from client_ui.services import AppServices
 from client_ui.status import ServerStatus, fetch_status
@@ -29,7 +29,8 @@ def register(services: AppServices) -> None:
             with content:
                 loading = ui.label("Loading statistics…").classes("text-gray-500")
         # The page is sent first and filled as the answers come: either side may hang.
-        await ui.context.client.connected(CONNECT_TIMEOUT_S)
+        if not await browser_connected():
+            return
         await asyncio.gather(
             _fill_status(status_panel, waiting, services),
             _fill_statistics(content, loading, services),

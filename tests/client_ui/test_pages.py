@@ -16,7 +16,7 @@ from nicegui import ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
-from client_ui import draw, main, queries, statistics
+from client_ui import draw, layout, main, queries, statistics
 from client_ui.canvas import DrawingCanvas
 from client_ui.database import Database
 from client_ui.draw import DELETED_TEXT, DOT_HINT, LABEL_WAITS_TEXT, PENDING_TEXT
@@ -486,3 +486,18 @@ async def test_statistics_page_survives_a_status_fetch_cancelled_at_shutdown(
     await user.should_see("1", marker="count-total")
     await asyncio.sleep(0.2)
     assert "NoneType" not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/history", "/statistics"])
+async def test_a_page_fetched_without_a_browser_logs_no_error(
+    path: str,
+    user: User,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """curl, a monitor, a tab closed at once: the page is sent, its browser never connects."""
+    monkeypatch.setattr(layout, "CONNECT_TIMEOUT_S", 0.2)
+    response = await user.http_client.get(path)
+    assert response.status_code == 200
+    await asyncio.sleep(1)
+    assert "ClientConnectionTimeout" not in caplog.text and "Traceback" not in caplog.text
