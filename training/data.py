@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from config import get_settings
 
@@ -334,6 +335,12 @@ def ensure_mnist(data_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Put MNIST into DIR/MNIST/raw (IDX files).")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: settings data_dir")
+    parser.add_argument(
+        "--sample-png",
+        type=Path,
+        help="also write one MNIST test digit as this PNG, to try the API",
+    )
+    parser.add_argument("--sample-index", type=int, default=0, help="which test digit (0 is a 7)")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or get_settings().data_dir
     try:
@@ -342,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"Verified: {TRAIN_COUNT:,} training and {TEST_COUNT:,} test images, label counts ok")
+    if args.sample_png:
+        test = load_split(data_dir, train=False)
+        Image.fromarray(test.images[args.sample_index].numpy()).save(args.sample_png)
+        label = int(test.labels[args.sample_index])
+        print(f"Wrote test digit {args.sample_index} (a {label}) to {args.sample_png}")
     return 0
 
 

@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model.calibration import served_model, temperature_of
 from model.net import MnistNet
 from model.torchscript import state_dict_path
 from training.__main__ import main as training_main
+from training.data import load_split
 from training.data import main as data_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +99,14 @@ def test_test_mode_evaluates_a_saved_model(trained_model: Path, mnist_dir: Path,
     for plot in PLOTS[1:]:
         assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE)
     assert not (tmp_path / "training_history.json").exists()
+
+
+def test_data_writes_a_sample_digit_to_try_the_api(mnist_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "digit.png"
+    assert data_main(["--data-dir", str(mnist_dir), "--sample-png", str(png)]) == 0
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    first = load_split(mnist_dir, train=False).images[0].numpy()
+    assert (np.asarray(Image.open(png)) == first).all()
 
 
 def test_test_mode_without_a_model_says_so(
