@@ -25,12 +25,15 @@ def page_frame(active: str) -> None:
 
 async def browser_connected() -> bool:
     """Wait for the page's browser to connect; False when it never does (a page fetched by curl
-    or a monitor, a tab closed at once). That is no error: the page has nothing more to fill."""
+    or a monitor, a tab closed at once) or the app stops meanwhile. That is no error: the page
+    is dropped, as NiceGUI drops one that times out, and a browser that comes later reloads."""
+    client = ui.context.client
     try:
-        await ui.context.client.connected(CONNECT_TIMEOUT_S)
+        await client.connected(CONNECT_TIMEOUT_S)
     except ClientConnectionTimeout:
+        client.delete()
         return False
-    return True
+    return not client.is_deleted
 
 
 def testid(element: ui.element, name: str) -> ui.element:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nicegui import ui
+from nicegui import Client, ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
@@ -497,7 +497,9 @@ async def test_a_page_fetched_without_a_browser_logs_no_error(
 ) -> None:
     """curl, a monitor, a tab closed at once: the page is sent, its browser never connects."""
     monkeypatch.setattr(layout, "CONNECT_TIMEOUT_S", 0.2)
+    before = set(Client.instances)
     response = await user.http_client.get(path)
     assert response.status_code == 200
     await asyncio.sleep(1)
     assert "ClientConnectionTimeout" not in caplog.text and "Traceback" not in caplog.text
+    assert set(Client.instances) <= before  # the page was dropped, not left to linger
