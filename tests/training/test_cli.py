@@ -107,6 +107,11 @@ def test_data_writes_a_sample_digit_to_try_the_api(mnist_dir: Path, tmp_path: Pa
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     first = load_split(mnist_dir, train=False).images[0].numpy()
     assert (np.asarray(Image.open(png)) == first).all()
+    assert (
+        data_main(["--data-dir", str(mnist_dir), "--sample-png", str(tmp_path / "no" / "d")]) == 1
+    )
+    with pytest.raises(SystemExit):
+        data_main(["--data-dir", str(mnist_dir), "--sample-png", str(png), "--sample-index", "-1"])
 
 
 def test_test_mode_without_a_model_says_so(
