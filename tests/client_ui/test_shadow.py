@@ -83,7 +83,7 @@ async def test_a_slow_candidate_never_delays_the_live_answers(
     await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", None)])
 
 
-async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_label(
+async def label_3_and_clear_while_the_candidate_waits(
     user: User, services: AppServices, fake_client: FakeModelClient
 ) -> None:
     services.shadow_version = "2.0"
@@ -95,6 +95,12 @@ async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_la
     await user.should_see("true label 3")
     user.find(marker="clear-button").click()
     await user.should_not_see("Saved as #1")
+
+
+async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_label(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    await label_3_and_clear_while_the_candidate_waits(user, services, fake_client)
     fake_client.candidate_gate.set()
     await eventually(lambda: shadow_columns(services.database) == [(3, "1.0", 4, "2.0", 3)])
 
@@ -102,14 +108,7 @@ async def test_the_candidates_answer_about_a_cleared_drawing_is_kept_with_its_la
 async def test_the_candidates_late_answer_keeps_a_label_given_on_history_meanwhile(
     user: User, services: AppServices, fake_client: FakeModelClient
 ) -> None:
-    services.shadow_version = "2.0"
-    fake_client.candidate_gate = threading.Event()
-    await user.open("/")
-    stroke(user, digit_png())
-    await user.should_see("Saved as #1")
-    user.find(marker="label-3").click()
-    await user.should_see("true label 3")
-    user.find(marker="clear-button").click()
+    await label_3_and_clear_while_the_candidate_waits(user, services, fake_client)
     with services.database.session() as session:  # History, in another tab, corrects it
         assert queries.set_true_label(session, queries.get_prediction(session, 1), 7)
     fake_client.candidate_gate.set()
