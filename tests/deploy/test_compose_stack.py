@@ -202,18 +202,30 @@ def test_the_app_keeps_working_when_torchserve_renews_its_keys(
 
 def test_prometheus_scrapes_torchserve_and_the_app(stack: Stack) -> None:
     query = ["promtool", "query", "instant", "http://127.0.0.1:9090"]
-    answer = ""
-    for _ in range(30):  # TorchServe was just restarted: a few scrapes until it is up again
-        answer = stack.exec("prometheus", *query, "up == 1")
-        if 'job="torchserve"' in answer and 'job="mnist-app"' in answer:
+    expressions = {
+        "up": "up == 1",
+        "drawings saved": "sum(mnist_app_predictions_saved_total) > 0",
+        "TorchServe requests": "sum(ts_inference_requests_total) > 0",
+    }
+
+    def scraped(answers: dict[str, str]) -> bool:
+        up = answers["up"]
+        counted = "=>" in answers["drawings saved"] and "=>" in answers["TorchServe requests"]
+        return 'job="torchserve"' in up and 'job="mnist-app"' in up and counted
+
+    answers: dict[str, str] = {}
+    # TorchServe was just restarted: its counters start again from 0, and the drawing made
+    # since shows only once Prometheus has scraped it again (every 15 s).
+    for _ in range(30):
+        answers = {
+            name: stack.exec("prometheus", *query, expression).strip()
+            for name, expression in expressions.items()
+        }
+        if scraped(answers):
             break
         time.sleep(5)
-    print(f"\nPrometheus in the stack: {answer.strip()}")
-    assert 'job="torchserve"' in answer and 'job="mnist-app"' in answer
-    saved = stack.exec("prometheus", *query, "sum(mnist_app_predictions_saved_total) > 0")
-    predicted = stack.exec("prometheus", *query, "sum(ts_inference_requests_total) > 0")
-    print(f"drawings saved: {saved.strip()}; TorchServe requests: {predicted.strip()}")
-    assert "=>" in saved and "=>" in predicted
+    print(f"\nPrometheus in the stack: {answers}")
+    assert scraped(answers)
 
 
 def resident_mib(stack: Stack, service: str) -> dict[str, float]:
