@@ -65,8 +65,8 @@ class PredictionStore:
         with self._guard:
             if draft.key in self._deleted:
                 return SaveOutcome.DELETED
-            pending = self.outbox.get(draft.key)
-            if draft.true_label is None and pending is not None:
+            pending = self.outbox.get(draft.key) if draft.true_label is None else None
+            if pending is not None:
                 draft = replace(draft, true_label=pending[0].draft.true_label)
             self.outbox.put(draft, self._row_ids.get(draft.key))
         try:
