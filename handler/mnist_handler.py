@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
@@ -37,6 +38,7 @@ from handler.preprocessing import (
 )
 
 logger = logging.getLogger(__name__)
+S = TypeVar("S")
 T = TypeVar("T")
 
 #: What a request becomes: one digit, KServe v1's several, or why it cannot be read.
@@ -295,7 +297,7 @@ def _parse_json(text: str | bytes) -> Any:
 def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
     if "instances" in payload:
         return _instances(payload["instances"])
-    return _tensor_from_object(payload)
+    return _to_tensor(_source(payload))
 
 
 def _instances(instances: Any) -> list[torch.Tensor]:
@@ -306,24 +308,24 @@ def _instances(instances: Any) -> list[torch.Tensor]:
         raise InvalidInputError(
             "too_large", f"{len(instances)} instances; one request takes at most {MAX_INSTANCES}"
         )
-    objects = []
+    sources, pixels = [], 0
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
             instance = {"image": instance["b64"]}
         if not isinstance(instance, dict):
             raise InvalidInputError("bad_json", f"instance {index} is not a JSON object")
-        objects.append(instance)
-    pixels = sum(_for_instance(index, _declared_pixels, obj) for index, obj in enumerate(objects))
+        sources.append(_for_instance(index, _source, instance))
+        pixels += _for_instance(index, _declared_pixels, sources[-1])
     if pixels > MAX_REQUEST_PIXELS:
         raise InvalidInputError(
             "too_large",
             f"the instances' images have {pixels:,} pixels in all; "
             f"one request takes at most {MAX_REQUEST_PIXELS:,}",
         )
-    return [_for_instance(index, _tensor_from_object, obj) for index, obj in enumerate(objects)]
+    return [_for_instance(index, _to_tensor, src) for index, src in enumerate(sources)]
 
 
-def _for_instance(index: int, read: Callable[[dict[str, Any]], T], instance: dict[str, Any]) -> T:
+def _for_instance(index: int, read: Callable[[S], T], instance: S) -> T:
     """`read(instance)`, with a refusal's message naming the instance."""
     try:
         return read(instance)
@@ -331,25 +333,29 @@ def _for_instance(index: int, read: Callable[[dict[str, Any]], T], instance: dic
         raise InvalidInputError(error.reason, f"instance {index}: {error.message}") from error
 
 
-def _declared_pixels(instance: dict[str, Any]) -> int:
-    """The pixels an instance's encoded image will decode to (0 for JSON pixels)."""
-    image = instance.get("image")
-    return declared_pixels(_decode_base64(image)) if isinstance(image, str) else 0
-
-
-def _tensor_from_object(payload: dict[str, Any]) -> torch.Tensor:
+def _source(payload: dict[str, Any]) -> bytes | np.ndarray:
+    """A JSON object's image: the encoded bytes of ``image``, or the array of ``pixels``."""
     if "pixels" in payload and "image" in payload:
         raise InvalidInputError(
             "bad_json", 'the body has both "image" and "pixels"; send one of them'
         )
     if "pixels" in payload:
-        return preprocess(pixels_to_array(payload["pixels"]))
+        return pixels_to_array(payload["pixels"])
     image = payload.get("image")
     if isinstance(image, str):
-        return preprocess(decode_image(_decode_base64(image)))
+        return _decode_base64(image)
     raise InvalidInputError(
         "bad_json", 'expected {"image": "<base64 or data: URL>"} or {"pixels": [...]}'
     )
+
+
+def _declared_pixels(source: bytes | np.ndarray) -> int:
+    """The pixels an encoded image will decode to (0 for JSON pixels, already bounded)."""
+    return declared_pixels(source) if isinstance(source, bytes) else 0
+
+
+def _to_tensor(source: bytes | np.ndarray) -> torch.Tensor:
+    return preprocess(decode_image(source) if isinstance(source, bytes) else source)
 
 
 def _decode_base64(text: str) -> bytes:
