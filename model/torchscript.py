@@ -39,20 +39,34 @@ def state_dict_path(model_path: Path) -> Path:
 
 def save_checkpoint(model: nn.Module, model_path: Path) -> Path:
     path = state_dict_path(model_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    with _written_in_place_of(path) as partial:
+        torch.save(model.state_dict(), partial)
     return path
 
 
 def export_torchscript(model: nn.Module, path: Path, sample: torch.Tensor) -> Path:
-    """Script the model in eval mode, save it, reload it and compare outputs on ``sample``."""
+    """Script the model in eval mode, save it, reload it and compare outputs on ``sample``;
+    ``path`` is replaced only by an export that passed."""
     model = model.eval()
     with quiet_jit_deprecation():
         scripted = torch.jit.script(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scripted.save(str(path))
-    check_agreement(model, load_torchscript(path), sample)
+    with _written_in_place_of(path) as partial:
+        scripted.save(str(partial))
+        check_agreement(model, load_torchscript(partial), sample)
     return path
+
+
+@contextmanager
+def _written_in_place_of(path: Path) -> Iterator[Path]:
+    """A file beside ``path`` to write, renamed onto it once the block succeeds: an interrupted
+    or failed write never leaves half a model, or a rejected one, at ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def check_agreement(

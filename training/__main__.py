@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--results-dir", type=Path, default=settings.results_dir, help="history and plots"
     )
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "test_samples"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "test_samples", "train_subset"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.calibration_holdout < TRAIN_COUNT:
         parser.error(f"--calibration-holdout must be in [0, {TRAIN_COUNT})")
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 args.test_samples,
                 plot_evaluation=args.mode == "train",
+                export=not args.calibration_holdout,
             )
             if args.calibration_holdout:
                 calibrate(

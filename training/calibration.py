@@ -36,9 +36,9 @@ RELIABILITY_PLOT = "reliability.png"
 DEFAULT_HOLDOUT = 5000
 DEFAULT_DRAWINGS = 5000
 EVAL_BATCH = 1000
-# Drawing and preprocessing a canvas takes milliseconds, most of calibration's time: above this
-# many drawings per core, each core draws its own share (docs/performance.md, "Training").
-DRAWINGS_PER_WORKER = 1000
+# Drawing and preprocessing a canvas takes milliseconds, most of calibration's time: the digits
+# are drawn in shares of about this many, shared out over the cores (docs/performance.md).
+DRAWINGS_PER_SHARE = 1000
 # Confidence bands of the reliability table and of the ECE: finer near the top, where most
 # answers are, and wide enough below that a band holds more than a handful of answers.
 BAND_EDGES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -225,15 +225,19 @@ def drawn_inputs(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def redrawn(images: torch.Tensor, styles: Sequence[str], seed: int = 0) -> np.ndarray:
     """What the model sees (N, 28, 28 uint8) of each digit redrawn in the next of ``styles``,
-    encoded, then decoded and preprocessed exactly as the handler does; each core draws a share."""
-    workers = min(os.cpu_count() or 1, math.ceil(len(images) / DRAWINGS_PER_WORKER))
-    shares = np.array_split(np.arange(len(images)), workers)
+    encoded, then decoded and preprocessed exactly as the handler does. The digits are drawn in
+    shares of a fixed size, each with its own seed, so that the drawings are the same however
+    many cores share them out."""
+    shares = np.array_split(np.arange(len(images)), math.ceil(len(images) / DRAWINGS_PER_SHARE))
     seeds = np.random.SeedSequence(seed).spawn(len(shares))
     jobs = [(images[share].numpy(), int(share[0]), styles) for share in shares]
-    if len(jobs) == 1:
-        pixels = [_draw_share(*jobs[0], seeds[0])]
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers == 1:
+        pixels = [
+            _draw_share(*job, share_seed) for job, share_seed in zip(jobs, seeds, strict=True)
+        ]
     else:
-        with ProcessPoolExecutor(len(jobs)) as pool:
+        with ProcessPoolExecutor(workers) as pool:
             pixels = list(pool.map(_draw_share, *zip(*jobs, strict=True), seeds))
     return np.concatenate(pixels)
 
@@ -266,7 +270,7 @@ def calibrate(
     holdout: int = DEFAULT_HOLDOUT,
     drawings: int = DEFAULT_DRAWINGS,
 ) -> dict:
-    """Fit T on the held-out digits, re-export the model with T inside, write the figures."""
+    """Fit T on the held-out digits, export the model with T inside, write the figures."""
     net = MnistNet()
     net.load_state_dict(torch.load(state_dict_path(model_path), map_location="cpu"))
     uncalibrated = served_model(net.eval()).eval()

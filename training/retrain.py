@@ -320,7 +320,8 @@ def write_report(report: dict[str, Any], results_dir: Path) -> None:
     lines = [
         "# Retraining from the labelled drawings",
         "",
-        f"{counts['train']} drawings to train on, {counts['holdout']} held out (by drawing), "
+        f"{counts['train']} drawings to train on, {counts['holdout']} held out (by drawing, "
+        f"{counts['holdout_percent']} %), "
         f"{counts['skipped']} unreadable; {report['mix']['mnist_images']} MNIST training images "
         "mixed in.",
         "",
@@ -357,15 +358,29 @@ def current_model_file(model_path: Path, model_name: str, default_version: str |
     if default_version is None or (
         base.is_file() and versions.archive_version(base) == default_version
     ):
+        _require_weights(
+            model_path, "are missing: `make train-and-archive FORCE=1` trains them again"
+        )
         return model_path
     promoted = model_path.with_name(f"{model_path.stem}-{default_version}.pt")
-    if not promoted.is_file():
-        raise MissingModelError(
-            f"{model_name} {default_version} is the default, but its weights {promoted.name} "
-            f"are not in {model_path.parent} (retraining starts from them): restore them beside "
-            "its archive, or promote a version whose weights are there"
-        )
+    _require_weights(
+        promoted,
+        f"are missing, and {model_name} {default_version} is the default: restore them beside "
+        "its archive, or promote a version whose weights are there",
+    )
     return promoted
+
+
+def _require_weights(model_file: Path, why_missing: str) -> None:
+    """Retraining starts from the TorchScript file's checkpoint and is compared with the file."""
+    missing = [
+        path.name for path in (model_file, state_dict_path(model_file)) if not path.is_file()
+    ]
+    if missing:
+        raise MissingModelError(
+            f"{' and '.join(missing)} in {model_file.parent} (retraining starts from them) "
+            + why_missing
+        )
 
 
 @contextmanager
@@ -401,6 +416,11 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     store = args.model_path.parent
     current_version = versions.default_version(store, settings.model_name)
     current_file = current_model_file(args.model_path, settings.model_name, current_version)
+    if not args.model_path.is_file():
+        raise MissingModelError(
+            f"`make train`'s model {args.model_path} is missing; candidates are compared with it "
+            "on MNIST: run `make train-and-archive FORCE=1` to train it again"
+        )
     current = load_torchscript(current_file)
     config = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed)
     net = MnistNet(dropout=config.dropout, conv_dropout=config.conv_dropout)  # as `make train`
@@ -433,6 +453,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         "current_model": str(current_file),
         "candidate_version": version,
         "drawings": {
+            "holdout_percent": args.holdout_percent,
             "train": len(drawings.train.labels),
             "holdout": len(drawings.holdout.labels),
             "skipped": drawings.skipped,
@@ -492,7 +513,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="archive even a worse candidate")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--results-dir", type=Path)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("min_drawings", "epochs", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("mnist_images", "min_calibration_drawings"):
+        if (getattr(args, name) or 0) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if not 1 <= args.holdout_percent <= 99:
+        parser.error("--holdout-percent must be in [1, 99]")
+    if args.learning_rate <= 0:
+        parser.error("--learning-rate must be positive")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     except NotEnoughDrawingsError as error:
         print(error)
         return 0
-    except (MissingModelError, RetrainRunningError) as error:
+    except (MissingModelError, RetrainRunningError, versions.VersionError) as error:
         print(error, file=sys.stderr)
         return 1
     current, candidate = report["current"], report["candidate"]

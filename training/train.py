@@ -516,8 +516,11 @@ def run_training(
     device: torch.device,
     test_samples: int = 20,
     plot_evaluation: bool = True,
+    export: bool = True,
 ) -> dict:
-    """Train, save the checkpoint and the checked TorchScript file, write history and plots."""
+    """Train, save the checkpoint and the checked TorchScript file, write history and plots.
+
+    With ``export=False`` only the checkpoint is saved, for calibration to export the model."""
     generator = seed_everything(config.seed)
     train, test = load_mnist(data_dir)
     train = _to_device(train, device, config.train_subset)
@@ -532,10 +535,16 @@ def run_training(
     epochs, evaluation = fit(model, train, test, config, generator)
 
     model = model.cpu().eval()
+    # `make train-and-archive` takes an existing TorchScript file as done: none may outlive the
+    # weights it was made from, or stand before calibration has been put into it.
+    model_path.unlink(missing_ok=True)
     checkpoint = save_checkpoint(model, model_path)
-    sample = to_model_input(test.images[:EXPORT_CHECK_BATCH].cpu())
-    export_torchscript(served_model(model), model_path, sample)
-    print(f"Saved {checkpoint} and TorchScript {model_path} (checked against the eager model)")
+    if export:
+        sample = to_model_input(test.images[:EXPORT_CHECK_BATCH].cpu())
+        export_torchscript(served_model(model), model_path, sample)
+        print(f"Saved {checkpoint} and TorchScript {model_path} (checked against the eager model)")
+    else:
+        print(f"Saved {checkpoint}")
 
     history = {
         "epochs": epochs,

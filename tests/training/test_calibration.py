@@ -174,11 +174,13 @@ def test_drawings_shared_out_to_worker_processes_come_back_in_order_and_repeatab
 ) -> None:
     images = torch.from_numpy(mnist_test[0][:12])
     alone = drawn_inputs(images[:1])
-    monkeypatch.setattr(training.calibration, "DRAWINGS_PER_WORKER", 4)
+    monkeypatch.setattr(training.calibration, "DRAWINGS_PER_SHARE", 4)
 
     shared = drawn_inputs(images)
 
     assert shared.shape == (12, 1, 28, 28)
+    assert torch.equal(shared, drawn_inputs(images))
+    monkeypatch.setattr(training.calibration.os, "cpu_count", lambda: 1)
     assert torch.equal(shared, drawn_inputs(images))
     assert not torch.equal(shared, drawn_inputs(images, seed=1))
     # The first share starts with the first digit and the first seed, as a single process does.

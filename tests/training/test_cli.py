@@ -126,11 +126,38 @@ def test_test_mode_without_a_model_says_so(
     assert "no model at" in errors and "--mode train" in errors
 
 
-def test_invalid_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--epochs", "0"), ("--train-subset", "0"), ("--train-subset", "-1000")]
+)
+def test_invalid_arguments_are_refused(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as refused:
-        training_main(["--epochs", "0", "--results-dir", str(tmp_path)])
+        training_main([flag, value, "--results-dir", str(tmp_path)])
     assert refused.value.code == 2
-    assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_training_stopped_during_calibration_leaves_no_model_to_serve(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make train-and-archive` takes an existing model file as finished: neither the model
+    trained before nor the new one without its temperature may be left there."""
+    model_path = tmp_path / "mnist_cnn.pt"
+    model_path.write_bytes(b"the model trained before")
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.__main__.calibrate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        training_main([
+            "--mode", "train", "--epochs", "1", "--train-subset", "500", "--no-cuda",
+            "--data-dir", str(mnist_dir), "--model-path", str(model_path),
+            "--results-dir", str(tmp_path / "results"),
+        ])  # fmt: skip
+    assert not model_path.exists()
+    assert state_dict_path(model_path).is_file()
 
 
 @pytest.mark.slow

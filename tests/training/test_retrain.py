@@ -172,6 +172,7 @@ def test_a_fine_tuned_candidate_is_compared_and_archived_as_the_next_version(
         f"{new['mnist_test']['accuracy']:.4f}: {report['reason']}"
     )
     assert report["drawings"]["train"] + report["drawings"]["holdout"] == 560  # deleted excluded
+    assert report["drawings"]["holdout_percent"] == 20
     assert report["current_version"] == "1.0" and report["candidate_version"].startswith("2.")
     assert report["decision"] == "archived", report["reason"]
     assert [a.version for a in versions.archives(store, "mnist")] == [

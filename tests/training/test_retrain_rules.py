@@ -18,6 +18,7 @@ from training.retrain import (
     decide,
     mnist_images_for,
     paired_change,
+    parse_args,
 )
 
 
@@ -112,6 +113,7 @@ def a_store(tmp_path: Path, archived: dict[str, str]) -> Path:
             archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
     model = tmp_path / "mnist_cnn.pt"
     model.write_bytes(b"make train's")
+    (tmp_path / "mnist_cnn_state_dict.pth").write_bytes(b"make train's weights")
     return model
 
 
@@ -119,7 +121,36 @@ def test_retraining_starts_from_the_default_versions_own_weights(tmp_path: Path)
     model = a_store(tmp_path, {"mnist.mar": "1.0", "mnist-2.0.mar": "2.0"})
     assert current_model_file(model, "mnist", None) == model
     assert current_model_file(model, "mnist", "1.0") == model
-    with pytest.raises(MissingModelError, match=r"mnist_cnn-2\.0\.pt are not in"):
+    with pytest.raises(MissingModelError, match=r"^mnist_cnn-2\.0\.pt and .* 2\.0 is the default"):
         current_model_file(model, "mnist", "2.0")  # never make train's weights in their place
     (tmp_path / "mnist_cnn-2.0.pt").write_bytes(b"2.0's")
+    with pytest.raises(MissingModelError, match=r"^mnist_cnn-2\.0_state_dict\.pth in "):
+        current_model_file(model, "mnist", "2.0")
+    (tmp_path / "mnist_cnn-2.0_state_dict.pth").write_bytes(b"2.0's weights")
     assert current_model_file(model, "mnist", "2.0") == tmp_path / "mnist_cnn-2.0.pt"
+
+
+def test_make_trains_weights_missing_say_how_to_train_them_again(tmp_path: Path) -> None:
+    model = a_store(tmp_path, {"mnist.mar": "1.0"})
+    (tmp_path / "mnist_cnn_state_dict.pth").unlink()
+    with pytest.raises(MissingModelError, match=r"^mnist_cnn_state_dict\.pth .* FORCE=1"):
+        current_model_file(model, "mnist", "1.0")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--holdout-percent", "0", "must be in [1, 99]"),
+        ("--holdout-percent", "100", "must be in [1, 99]"),
+        ("--epochs", "0", "must be at least 1"),
+        ("--repeats", "0", "must be at least 1"),
+        ("--mnist-images", "-1", "must not be negative"),
+    ],
+)
+def test_out_of_range_flags_are_refused(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args([flag, value])
+    assert refused.value.code == 2
+    assert f"{flag} {message}" in capsys.readouterr().err

@@ -210,6 +210,20 @@ def test_torchscript_export_agrees_with_the_eager_model(mnist, tmp_path: Path) -
     assert not loaded.training
 
 
+def test_a_rejected_export_leaves_the_model_before_it_in_place(
+    mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, test = mnist
+    sample = to_model_input(test.images[:16])
+    path = export_torchscript(MnistNet(), tmp_path / "model.pt", sample)
+    before = path.read_bytes()
+    monkeypatch.setattr("model.torchscript.AGREEMENT_TOLERANCE", -1.0)
+    with pytest.raises(ExportMismatchError):
+        export_torchscript(MnistNet(), path, sample)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_agreement_check_catches_a_different_model(mnist, tmp_path: Path) -> None:
     _, test = mnist
     sample = to_model_input(test.images[:16])
