@@ -38,8 +38,10 @@ train-and-archive: setup
 serve: setup
 	$(PY) -m serving.server start
 
-stop: setup
-	$(PY) -m serving.server stop
+# Only the environment, not an up-to-date one: stopping must work offline, and with no .venv
+# nothing of this checkout can be running.
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m serving.server stop; fi
 
 ui: setup
 	$(PY) -m client_ui
@@ -124,5 +126,6 @@ gpu-check: setup
 	$(PY) -m benchmarks.gpu_check
 	$(PY) -m pytest -m gpu -v $(PYTEST_ARGS)
 
-clean:
+# Stops TorchServe first: its pid file is in logs/, and its model files are removed.
+clean: stop
 	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache

@@ -9,9 +9,12 @@ the history of defaults, the last one current.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +35,15 @@ class Archive:
 
 def archive_version(mar: Path) -> str:
     """The ``modelVersion`` in a .mar's manifest."""
-    with zipfile.ZipFile(mar) as archive:
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    return str(manifest["model"]["modelVersion"])
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        return str(manifest["model"]["modelVersion"])
+    except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as error:
+        raise VersionError(
+            f"{mar} is not a model archive this project made ({error}): archive it again "
+            "(`make archive`; `make retrain` for a retrained version) or move it out of the store"
+        ) from error
 
 
 def archives(store: Path, model_name: str) -> list[Archive]:
@@ -73,7 +82,13 @@ def defaults_file(store: Path, model_name: str) -> Path:
 def default_history(store: Path, model_name: str) -> list[str]:
     """The recorded defaults, oldest first, keeping only versions still in the store."""
     path = defaults_file(store, model_name)
-    recorded = json.loads(path.read_text())["defaults"] if path.is_file() else []
+    try:
+        recorded = json.loads(path.read_text())["defaults"] if path.is_file() else []
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise VersionError(
+            f"{path} is not a record of defaults ({error}): delete it to make {model_name}.mar "
+            "the default again, then promote the version that should be"
+        ) from error
     present = stored_versions(store, model_name)
     return [version for version in recorded if version in present]
 
@@ -125,7 +140,20 @@ def forget_default(store: Path, model_name: str) -> str:
 
 
 def _write_history(store: Path, model_name: str, history: list[str]) -> None:
-    defaults_file(store, model_name).write_text(json.dumps({"defaults": history}, indent=2) + "\n")
+    """Written beside the record, then renamed onto it: a reader never sees half of one."""
+    path = defaults_file(store, model_name)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"defaults": history}, indent=2) + "\n")
+    partial.replace(path)
+
+
+@contextmanager
+def changing_default(store: Path, model_name: str) -> Iterator[None]:
+    """One change of the default at a time per store: two promotions at once could leave
+    TorchServe serving one version and the record naming the other."""
+    with open(store / f".{model_name}.defaults.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def load_order(store: Path, model_name: str) -> list[Path]:

@@ -47,8 +47,11 @@ def build_archive(
     if model_file.suffix != ".pt":
         raise ArchiveError(f"{model_file} must end in .pt for TorchServe to load it as TorchScript")
     export_path.mkdir(parents=True, exist_ok=True)
+    target = export_path / f"{model_name}.mar"
     with tempfile.TemporaryDirectory(prefix="mnist-archive-") as workspace:
         extra_files = _stage_handler_package(Path(workspace) / "extra")
+        built = Path(workspace) / "built"
+        built.mkdir()
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", model_name,
@@ -57,15 +60,18 @@ def build_archive(
             "--handler", str(HANDLER_FILE),
             "--extra-files", str(extra_files),
             "--config-file", str(MODEL_CONFIG),
-            "--export-path", str(export_path),
-            "--force",
+            "--export-path", str(built),
         ]  # fmt: skip
         # The archiver stages files in $TMPDIR/<model name>: a private TMPDIR lets two builds run.
         environment = {**os.environ, "TMPDIR": workspace}
         result = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if result.returncode != 0:
-        raise ArchiveError(f"torch-model-archiver failed:\n{result.stderr or result.stdout}")
-    return export_path / f"{model_name}.mar"
+        if result.returncode != 0:
+            raise ArchiveError(f"torch-model-archiver failed:\n{result.stderr or result.stdout}")
+        # Copied beside the target, then renamed: the store never holds half an archive.
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(built / target.name, partial)
+        partial.replace(target)
+    return target
 
 
 def _stage_handler_package(staging: Path) -> Path:

@@ -5,11 +5,11 @@
 Tokens come from TorchServe's ``key_file.json``. When TorchServe refuses a token, the client
 first re-reads the key file (the server may have been restarted), then asks the management API
 for a fresh key with the API key, and retries once. Idempotent calls (health, model info,
-metrics) are retried on connection failures and 502-504. A prediction is idempotent too (the
-same input gives the same answer and changes nothing on the server), so one that died with its
-worker ("Worker died.": REST 507 or 500, gRPC RESOURCE_EXHAUSTED or INTERNAL) is sent again, a
-few times with backoff, while TorchServe restarts the worker; other failures after sending are
-not retried, so an overloaded server is not asked twice.
+metrics) are retried on connection failures and 502-504, never after waiting out the timeout.
+A prediction is idempotent too (the same input gives the same answer and changes nothing on
+the server), so one that died with its worker ("Worker died.": REST 507 or 500, gRPC
+RESOURCE_EXHAUSTED or INTERNAL) is sent once more while TorchServe restarts the worker; other
+failures after sending are not retried, so an overloaded server is not asked twice.
 """
 
 from __future__ import annotations
@@ -374,11 +374,12 @@ class TorchServeClient:
 
 
 def _session(retries: int) -> requests.Session:
-    """A pooled session; GETs retry on connection failures and 502-504, POSTs only on connect."""
+    """A pooled session; GETs retry on connection failures and 502-504, POSTs only on connect.
+    Neither retries a read that timed out: each call waits at most its timeout for an answer."""
     retry = Retry(
         total=retries,
         connect=retries,
-        read=retries,
+        read=False,
         status=retries,
         backoff_factor=0.2,
         status_forcelist=(502, 503, 504),

@@ -14,17 +14,24 @@ import signal
 import subprocess
 import sys
 from contextlib import suppress
+from pathlib import Path
 
 import psutil
 
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 
 
-def is_frontend(pid: int) -> bool:
-    """True when `pid` is a running TorchServe frontend (its JVM)."""
+def is_frontend(pid: int, config: Path | None = None) -> bool:
+    """True when `pid` is a running TorchServe frontend (its JVM), started with `config` when
+    one is given: a stale pid file's pid may since be another TorchServe's."""
     with suppress(psutil.Error):
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and FRONTEND_CLASS in process.cmdline()
+        command = process.cmdline()
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and FRONTEND_CLASS in command
+            and (config is None or str(config) in command)
+        )
     return False
 
 

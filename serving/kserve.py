@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = args.model_name or settings.model_name
     try:
         archive = build_store(model_store, args.out, args.root, model_name)
-    except ArchiveError as error:
+    except (ArchiveError, versions.VersionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{args.out}: {archive.path.name}, version {archive.version}")

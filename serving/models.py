@@ -65,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         with TorchServeClient(settings) as client:
-            if args.command == "promote":
-                promote(client, settings, args.version)
-                print(f"{settings.model_name} {args.version} is the default now.")
-            elif args.command == "rollback":
-                print(f"{settings.model_name} {rollback(client, settings)} is the default again.")
+            if args.command != "list":
+                with versions.changing_default(settings.model_store, settings.model_name):
+                    if args.command == "promote":
+                        promote(client, settings, args.version)
+                        changed = f"{args.version} is the default now."
+                    else:
+                        changed = f"{rollback(client, settings)} is the default again."
+                print(f"{settings.model_name} {changed}")
             print("\n".join(describe(client)))
-    except (TorchServeError, versions.VersionError) as error:
+    except (TorchServeError, versions.VersionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -174,7 +174,7 @@ def running_instance(settings: Settings) -> ServerHandle | None:
         pid = int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if is_frontend(pid):
+    if is_frontend(pid, effective_config_path(settings)):
         return ServerHandle(pid=pid, settings=settings)
     path.unlink(missing_ok=True)
     return None
@@ -444,7 +444,7 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Starting TorchServe (logs in {settings.log_dir}) ...", flush=True)
     try:
         handle = start_torchserve(settings, overrides=overrides, timeout_s=args.timeout)
-    except ServerError as error:
+    except (ServerError, versions.VersionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"TorchServe is ready (pid {handle.pid}), model {settings.model_name!r}:")
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "foreground":
         try:
             run_in_foreground(settings)
-        except ServerError as error:
+        except (ServerError, versions.VersionError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
     if args.command == "stop":

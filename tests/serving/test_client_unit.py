@@ -162,6 +162,14 @@ def test_a_slow_server_becomes_unavailable(fake: FakeTorchServe) -> None:
         client_for(fake, timeout_s=0.2).predict(b"png")
 
 
+def test_a_slow_answer_to_a_get_is_a_timeout_after_one_wait(fake: FakeTorchServe) -> None:
+    fake.delay_s = 1.0
+    fake.answers[("GET", "/ping")] = [(200, {"status": "Healthy"})]
+    with pytest.raises(ServerUnavailableError, match=r"did not answer within 0\.3 s"):
+        client_for(fake, timeout_s=0.3).health()
+    assert [path for _, path, _ in fake.seen] == ["/ping"]
+
+
 def test_a_closed_port_becomes_unavailable(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     client = TorchServeClient(

@@ -3,14 +3,19 @@ before launching anything."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from config import Settings, load_settings
+from serving.foreground import FRONTEND_CLASS
 from serving.server import (
     ServerError,
     private_instance_env,
@@ -121,3 +126,41 @@ def test_foreground_refuses_to_start_without_an_archive(tmp_path: Path) -> None:
     settings.mar_path.unlink()
     with pytest.raises(ServerError, match="make archive"):
         run_in_foreground(settings)
+
+
+def test_a_pid_file_naming_another_torchserve_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """A stale pid file whose pid now belongs to another TorchServe (another checkout, a test's
+    private one) must not make `make stop` stop it, nor `make serve` think it is running."""
+    settings = settings_in(tmp_path)
+    settings.log_dir.mkdir(parents=True)
+    other = subprocess.Popen([
+        sys.executable, "-c", "import time; time.sleep(60)",
+        FRONTEND_CLASS, "-f", str(tmp_path / "elsewhere" / "torchserve.properties"),
+    ])  # fmt: skip
+    try:
+        (settings.log_dir / "torchserve.pid").write_text(f"{other.pid}\n")
+        assert running_instance(settings) is None
+        assert stop(settings) is False
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_an_unreadable_archive_in_the_store_stops_the_start_with_its_name(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    with zipfile.ZipFile(settings.mar_path, "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelVersion": "1.0"}}))
+    (settings.model_store / "mnist-2.0.mar").write_bytes(b"half an archive")
+    environment = {**os.environ, **private_instance_env(tmp_path, settings.model_store, "mnist")}
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", "start"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "mnist-2.0.mar is not a model archive" in result.stderr
+    assert "Traceback" not in result.stderr

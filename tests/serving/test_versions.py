@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
@@ -73,6 +74,32 @@ def test_the_default_archive_follows_promotions_and_rollbacks(tmp_path: Path) ->
     )
     versions.forget_default(tmp_path, "mnist")
     assert versions.default_archive(tmp_path, "mnist").version == "1.1"
+
+
+def test_unreadable_store_files_are_version_errors_that_name_them(tmp_path: Path) -> None:
+    fake_mar(tmp_path / "mnist.mar", "1.1")
+    versions.defaults_file(tmp_path, "mnist").write_text('{"defaults": ["1.1"')  # cut short
+    with pytest.raises(versions.VersionError, match=r"mnist\.defaults\.json is not a record"):
+        versions.default_version(tmp_path, "mnist")
+    versions.defaults_file(tmp_path, "mnist").unlink()
+    (tmp_path / "mnist-2.1.mar").write_bytes(b"PK half an archive")
+    with pytest.raises(versions.VersionError, match=r"mnist-2\.1\.mar is not a model archive"):
+        versions.load_order(tmp_path, "mnist")
+
+
+def test_changes_of_the_default_wait_for_one_another(tmp_path: Path) -> None:
+    second_in = threading.Event()
+
+    def second() -> None:
+        with versions.changing_default(tmp_path, "mnist"):
+            second_in.set()
+
+    with versions.changing_default(tmp_path, "mnist"):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        assert not second_in.wait(0.3)
+    assert second_in.wait(5)
+    waiting.join()
 
 
 @pytest.mark.slow
