@@ -184,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--styles names no style")
     if unknown := sorted(set(styles) - set(STYLES)):
         parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
-    if not 1 <= args.per_style <= MNIST_TEST_COUNT:
-        parser.error(f"--per-style must be from 1 to {MNIST_TEST_COUNT}")
+    if not 1 <= args.per_style <= MNIST_TEST_COUNT or MNIST_TEST_COUNT % args.per_style:
+        # Every (10,000 / N)-th test digit is read: the first test digits are harder than the last.
+        parser.error(
+            f"--per-style must divide {MNIST_TEST_COUNT:,}, so that the digits are spread evenly"
+        )
     try:
         labelled = {f"images/{path.stem}": labelled_images(path) for path in args.images}
     except (OSError, ValueError) as error:

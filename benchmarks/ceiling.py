@@ -185,8 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
     if not styles:
         parser.error("--styles names no style")
-    if not 1 <= args.per_style <= TEST_COUNT:
-        parser.error(f"--per-style must be from 1 to {TEST_COUNT}")
+    if not 1 <= args.per_style <= TEST_COUNT or TEST_COUNT % args.per_style:
+        # Every (10,000 / N)-th test digit is read: the first test digits are harder than the last.
+        parser.error(
+            f"--per-style must divide {TEST_COUNT:,}, so that the digits are spread evenly"
+        )
     if not 1 <= args.training_count <= TRAIN_COUNT - DEFAULT_HOLDOUT:
         parser.error(f"--training-count must be from 1 to {TRAIN_COUNT - DEFAULT_HOLDOUT}")
     if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):

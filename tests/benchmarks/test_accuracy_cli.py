@@ -45,6 +45,16 @@ def test_only_the_named_styles_are_drawn_and_sent(
     assert "Lowest style: slanted" in (tmp_path / "accuracy.md").read_text()
 
 
+@pytest.mark.parametrize("per_style", ["0", "6000", "10001"])
+def test_a_number_per_style_that_cannot_spread_over_the_test_set_is_refused(
+    per_style: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main(["--per-style", per_style])
+    assert exit_info.value.code == 2
+    assert "--per-style must divide 10,000" in capsys.readouterr().err
+
+
 def test_an_images_folder_without_digit_folders_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
