@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.files import written_whole
+
 # Scripted and eager kernels may differ in the last bits of float32 arithmetic.
 AGREEMENT_TOLERANCE = 1e-5
 
@@ -39,7 +41,7 @@ def state_dict_path(model_path: Path) -> Path:
 
 def save_checkpoint(model: nn.Module, model_path: Path) -> Path:
     path = state_dict_path(model_path)
-    with _written_in_place_of(path) as partial:
+    with written_whole(path) as partial:
         torch.save(model.state_dict(), partial)
     return path
 
@@ -50,23 +52,10 @@ def export_torchscript(model: nn.Module, path: Path, sample: torch.Tensor) -> Pa
     model = model.eval()
     with quiet_jit_deprecation():
         scripted = torch.jit.script(model)
-    with _written_in_place_of(path) as partial:
+    with written_whole(path) as partial:
         scripted.save(str(partial))
         check_agreement(model, load_torchscript(partial), sample)
     return path
-
-
-@contextmanager
-def _written_in_place_of(path: Path) -> Iterator[Path]:
-    """A file beside ``path`` to write, renamed onto it once the block succeeds: an interrupted
-    or failed write never leaves half a model, or a rejected one, at ``path``."""
-    partial = path.with_name(path.name + ".partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield partial
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def check_agreement(

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.files import written_whole
+
 VERSION = re.compile(r"^(\d+)\.(\d+)$")
 #: The major number `version_key` gives a version not of the form ``<major>.<number>``.
 UNNUMBERED = 1 << 62
@@ -140,11 +142,8 @@ def forget_default(store: Path, model_name: str) -> str:
 
 
 def _write_history(store: Path, model_name: str, history: list[str]) -> None:
-    """Written beside the record, then renamed onto it: a reader never sees half of one."""
-    path = defaults_file(store, model_name)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"defaults": history}, indent=2) + "\n")
-    partial.replace(path)
+    with written_whole(defaults_file(store, model_name)) as partial:
+        partial.write_text(json.dumps({"defaults": history}, indent=2) + "\n")
 
 
 @contextmanager

