@@ -7,6 +7,7 @@ waits for ever.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
@@ -33,6 +34,26 @@ FIRST_MIGRATION = "0001"
 MIN_CONNECT_TIMEOUT_S = 2
 #: Threads that may wait on the database at once; calls beyond wait their turn, still bounded.
 DATABASE_THREADS = 16
+
+
+#: The PostgreSQL advisory lock that migrations hold (any number no other app takes).
+MIGRATION_LOCK_ID = 0x6D6E697374  # "mnist"
+_MIGRATION_LOCK = threading.Lock()
+
+
+def upgrade(connection: Connection) -> None:
+    """Alembic's upgrade to the newest migration on `connection`, in its transaction.
+
+    A database the app made before it had migrations holds the first migration's table
+    without Alembic's record of it: it is marked as at that migration, then upgraded in
+    place, so its rows stay."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    tables = inspect(connection)
+    if tables.has_table("predictions") and not tables.has_table("alembic_version"):
+        command.stamp(config, FIRST_MIGRATION)
+    command.upgrade(config, "head")
 
 
 class DatabaseTimeoutError(Exception):
@@ -62,19 +83,22 @@ class Database:
         self._threads = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="database")
 
     def migrate(self) -> None:
-        """Bring the tables to the newest migration (client_ui/migrations).
+        """Bring the tables to the newest migration (client_ui/migrations), all of it or none.
 
-        A database the app made before it had migrations holds the first migration's table
-        without Alembic's record of it: it is marked as at that migration, then upgraded in
-        place, so its rows stay."""
-        with self.engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = connection
-            tables = inspect(connection)
-            if tables.has_table("predictions") and not tables.has_table("alembic_version"):
-                command.stamp(config, FIRST_MIGRATION)
-            command.upgrade(config, "head")
+        One migration at a time: in this process (Alembic keeps its state in module globals),
+        and across processes, such as two replicas of the app starting together, by a lock
+        the database holds until the transaction ends; the second then finds the tables new.
+        On SQLite the transaction is opened by hand, as its Python driver would otherwise
+        commit each change of the schema on its own, and a failed upgrade stay half done."""
+        with _MIGRATION_LOCK, self.engine.begin() as connection:
+            backend = connection.dialect.name
+            if backend == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif backend == "postgresql":
+                # An index built on a large table may take longer than a statement may.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            upgrade(connection)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

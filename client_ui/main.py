@@ -80,9 +80,9 @@ def register_lifecycle(services: AppServices) -> None:
     worker: list[asyncio.Task[None]] = []
 
     async def start() -> None:
-        await run.io_bound(services.store.ensure_schema)
         worker.append(asyncio.create_task(_deliver_outbox(services)))
         worker.append(asyncio.create_task(_watch_dependencies(services)))
+        await run.io_bound(services.store.ensure_schema)
 
     async def stop() -> None:
         for task in worker:
@@ -120,7 +120,9 @@ def _probe_dependencies(services: AppServices, workers_were_known: bool = True) 
     """Update the gauges; returns whether TorchServe's workers are known, so that a lasting
     outage (or a cluster, where the management API is out of reach) is logged once, not every
     few seconds."""
-    metrics.DATABASE_UP.set(1 if services.database.ping() else 0)
+    # The tables are made or migrated as soon as the database answers, not at the next save.
+    answers = services.database.ping() and services.store.ensure_schema()
+    metrics.DATABASE_UP.set(1 if answers else 0)
     try:
         metrics.record_workers(services.status.model_info())
     except Exception as error:  # TorchServe down or refusing: no worker is ready for the app

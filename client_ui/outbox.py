@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: What reading a damaged entry raises: bad JSON, text or base64, a field missing or wrong.
+UNREADABLE = (ValueError, KeyError, TypeError)
 
 
 @dataclass
@@ -50,10 +57,15 @@ class Outbox:
         self.directory = directory
 
     def put(self, draft: PredictionDraft, row_id: int | None) -> None:
+        """Written to disk before it is renamed into place: a power cut leaves the old state or
+        the new one, not an empty file."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(draft.key)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(_encode(draft, row_id)))
+        with temporary.open("w") as file:
+            file.write(json.dumps(_encode(draft, row_id)))
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
 
     def remove(self, key: str) -> None:
@@ -61,11 +73,15 @@ class Outbox:
 
     def get(self, key: str) -> tuple[PendingEntry, str] | None:
         """The pending entry of `key` and its file's text (for `remove_if_unchanged`)."""
+        path = self._path(key)
         try:
-            text = self._path(key).read_text()
+            text = path.read_text()
+            return _decode(json.loads(text)), text
         except FileNotFoundError:
             return None
-        return _decode(json.loads(text)), text
+        except UNREADABLE as error:
+            self._set_aside(path, error)
+            return None
 
     def remove_if_unchanged(self, key: str, text: str) -> bool:
         """Remove the entry only if it still holds `text`: a newer state of it stays pending."""
@@ -91,7 +107,17 @@ class Outbox:
                 entries.append(_decode(json.loads(path.read_text())))
             except FileNotFoundError:  # delivered meanwhile
                 continue
+            except UNREADABLE as error:
+                self._set_aside(path, error)
         return sorted(entries, key=lambda entry: entry.draft.timestamp)
+
+    def _set_aside(self, path: Path, error: Exception) -> None:
+        """An entry that cannot be read (cut short by a crash, edited by hand) is renamed out of
+        the way, kept for a person to look at, so that it holds up none of the others."""
+        kept = path.with_suffix(".unreadable")
+        with suppress(FileNotFoundError):
+            path.replace(kept)
+        log.error("outbox entry %s cannot be read (%s); kept as %s", path.name, error, kept)
 
     def __len__(self) -> int:
         return len(list(self.directory.glob("*.json"))) if self.directory.is_dir() else 0

@@ -49,11 +49,18 @@ class PredictionStore:
         self._schema_ready = False
 
     def ensure_schema(self) -> bool:
-        """Create the tables once the database answers; False while it does not."""
+        """Bring the tables to the newest migration once the database answers; False until
+        then. Called at start and by the app's watcher, so that pages find the tables even
+        when no drawing has been saved since the database came back."""
+        if self._schema_ready:
+            return True
         try:
             self.database.wait(self.database.submit(self._create_tables_once))
         except DATABASE_DOWN_ERRORS as error:
             log.warning("database unreachable, tables not created yet: %s", _first_line(error))
+            return False
+        except Exception:  # a background caller: said, and tried again on its next round
+            log.exception("the tables could not be brought to the newest migration")
             return False
         return True
 
@@ -95,6 +102,11 @@ class PredictionStore:
                 log.info("database still unreachable: %s", _first_line(error))
                 metrics.DATABASE_UP.set(0)
                 break
+            except Exception:  # refused by the database: kept, and it holds up no other drawing
+                log.exception(
+                    "drawing %s refused by the database; kept in the outbox", entry.draft.key
+                )
+                continue
             if outcome is SaveOutcome.SAVED:
                 saved += 1
                 metrics.SAVES.labels(via="outbox").inc()

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
-from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
@@ -37,9 +37,8 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     """Resolved configuration; relative paths are taken from the project root."""
 
-    model_config = SettingsConfigDict(
-        env_file=DEFAULT_ENV_FILE, extra="ignore", frozen=True, populate_by_name=True
-    )
+    # Read only by the variable names below, never by the fields' own names (DATA_DIR, ...).
+    model_config = SettingsConfigDict(env_file=DEFAULT_ENV_FILE, extra="ignore", frozen=True)
 
     data_dir: Annotated[Path, _env("MNIST_DATA_DIR")] = Path("data")
     model_store: Annotated[Path, _env("MODEL_STORE")] = Path("model_store")
@@ -52,8 +51,11 @@ class Settings(BaseSettings):
     grpc_target: Annotated[str, _env("TS_GRPC_TARGET")] = "127.0.0.1:7070"
     grpc_management_target: Annotated[str, _env("TS_GRPC_MANAGEMENT_TARGET")] = "127.0.0.1:7071"
     key_file: Annotated[Path, _env("TS_KEY_FILE")] = Path("key_file.json")
-    request_timeout_s: Annotated[float, _env("TS_REQUEST_TIMEOUT"), Field(gt=0)] = 10.0
-    database_url_override: Annotated[str | None, _env("DATABASE_URL")] = None
+    request_timeout_s: Annotated[
+        float, _env("TS_REQUEST_TIMEOUT"), Field(gt=0, allow_inf_nan=False)
+    ] = 10.0
+    # Not shown in the settings' repr: it may hold a password.
+    database_url_override: Annotated[str | None, _env("DATABASE_URL"), Field(repr=False)] = None
     postgres_host: Annotated[str | None, _env("POSTGRES_HOST")] = None
     postgres_port: Annotated[int, _env("POSTGRES_PORT"), Field(gt=0, lt=65536)] = 5432
     postgres_user: Annotated[str, _env("POSTGRES_USER")] = "postgres"
@@ -61,7 +63,8 @@ class Settings(BaseSettings):
     postgres_db: Annotated[str | None, _env("POSTGRES_DB")] = None
     ui_host: Annotated[str, _env("UI_HOST")] = "127.0.0.1"
     ui_port: Annotated[int, _env("UI_PORT"), Field(gt=0, lt=65536)] = 8000
-    db_timeout_s: Annotated[float, _env("DB_TIMEOUT"), Field(gt=0)] = 2.0
+    # PostgreSQL's statement timeout is whole milliseconds, and 0 would turn it off.
+    db_timeout_s: Annotated[float, _env("DB_TIMEOUT"), Field(ge=0.01, allow_inf_nan=False)] = 2.0
     ui_allowed_hosts_override: Annotated[str | None, _env("UI_ALLOWED_HOSTS")] = None
     ui_password: Annotated[SecretStr, _env("UI_PASSWORD")] = SecretStr("")
     metrics_token: Annotated[SecretStr, _env("METRICS_TOKEN")] = SecretStr("")
@@ -75,10 +78,36 @@ class Settings(BaseSettings):
 
     reads_process_environment: ClassVar[bool] = True
 
+    @field_validator("data_dir", "model_store", "results_dir", "log_dir", "key_file", mode="before")
+    @classmethod
+    def _not_empty(cls, path: object) -> object:
+        """An empty variable would mean the project root itself."""
+        if isinstance(path, str) and not path.strip():
+            raise ValueError("is empty: unset it for the default, or give a path")
+        return path
+
     @field_validator("data_dir", "model_store", "results_dir", "log_dir", "key_file")
     @classmethod
     def _from_project_root(cls, path: Path) -> Path:
         return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+    @field_validator("database_url_override")
+    @classmethod
+    def _readable_database_url(cls, url: str | None) -> str | None:
+        """Checked at load, so that a bad URL is named; a relative SQLite file is taken from
+        the project root, as every other path is."""
+        if not url:
+            return None
+        try:
+            parsed = make_url(normalise_database_url(url))
+        except (ArgumentError, ValueError):  # their messages quote the URL, password and all
+            raise ValueError(
+                "not an SQLAlchemy URL such as postgresql://user:password@host:5432/database"
+            ) from None
+        file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if file and file != ":memory:" and not Path(file).is_absolute():
+            parsed = parsed.set(database=str((PROJECT_ROOT / file).resolve()))
+        return parsed.render_as_string(hide_password=False)
 
     @field_validator("metrics_token", mode="before")
     @classmethod
@@ -98,12 +127,15 @@ class Settings(BaseSettings):
         if self.database_url_override:
             return self.database_url_override
         if self.postgres_host or self.postgres_db:
-            user = quote(self.postgres_user, safe="")
-            password = self.postgres_password.get_secret_value()
-            auth = f"{user}:{quote(password, safe='')}" if password else user
-            host = self.postgres_host or "127.0.0.1"
-            database = self.postgres_db or "mnist"
-            return f"postgresql+psycopg2://{auth}@{host}:{self.postgres_port}/{database}"
+            url = URL.create(
+                "postgresql+psycopg2",
+                username=self.postgres_user,
+                password=self.postgres_password.get_secret_value() or None,
+                host=self.postgres_host or "127.0.0.1",  # an IPv6 address gets its brackets
+                port=self.postgres_port,
+                database=self.postgres_db or "mnist",
+            )
+            return url.render_as_string(hide_password=False)
         return f"sqlite:///{self.data_dir / 'predictions.db'}"
 
     @property

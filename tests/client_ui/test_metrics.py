@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from nicegui.testing.user import User
 from prometheus_client import REGISTRY
+from sqlalchemy import inspect
 
 from client_ui import main, metrics
 from client_ui.database import Database
@@ -116,6 +117,27 @@ def test_lasting_unknown_workers_are_logged_once_and_their_return_once(
         "TorchServe's workers known again",
     ]
     assert known and value("mnist_app_torchserve_workers_ready") == 1
+
+
+def test_the_watcher_makes_the_tables_as_soon_as_the_database_answers(
+    fake_client: FakeModelClient, tmp_path: Path
+) -> None:
+    """Down at start, then back with no drawing saved since: History and Statistics must find
+    the tables all the same."""
+    folder = tmp_path / "not-yet"
+    database = Database(f"sqlite:///{folder / 'app.db'}")
+    services = AppServices(
+        database, PredictionStore(database, Outbox(tmp_path / "outbox")), fake_client
+    )
+    try:
+        main._probe_dependencies(services)
+        assert value("mnist_app_database_up") == 0
+        folder.mkdir()
+        main._probe_dependencies(services)
+        assert value("mnist_app_database_up") == 1
+        assert inspect(database.engine).has_table("predictions")
+    finally:
+        database.dispose()
 
 
 @pytest.mark.slow  # starts the app as its own process

@@ -1,14 +1,21 @@
 """Alembic migrations on SQLite and PostgreSQL: a database made before migrations upgrades in
-place with its rows, a new one gets the newest schema, and that schema is the model's."""
+place with its rows, a new one gets the newest schema, and that schema is the model's; a
+migration is all or nothing, and migrations started together take turns."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -23,7 +30,7 @@ from sqlalchemy import (
     inspect,
     text,
 )  # fmt: skip
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
 from client_ui.database import Database
@@ -120,3 +127,61 @@ def test_the_database_refuses_a_shadow_digit_out_of_range(empty_url: str) -> Non
     with refused, database.engine.begin() as connection:
         connection.execute(bad, {"t": datetime.now(timezone.utc), "i": b"x"})
     database.dispose()
+
+
+def test_a_migration_that_fails_halfway_is_undone_and_the_next_try_completes(
+    empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last migration adds a column, then an index: the index fails, as on a locked
+    database. Nothing of the upgrade may stay, or every later try would fail for good."""
+    create_index = Operations.create_index
+
+    def refused_for_the_drawing_key(self: Operations, name: str, *args, **kwargs) -> None:
+        if "drawing_key" in name:
+            raise OperationalError("CREATE INDEX", {}, Exception("database is locked"))
+        create_index(self, name, *args, **kwargs)
+
+    database = Database(empty_url)
+    with monkeypatch.context() as patched:
+        patched.setattr(Operations, "create_index", refused_for_the_drawing_key)
+        with pytest.raises(OperationalError, match="database is locked"):
+            database.migrate()
+    assert inspect(database.engine).get_table_names() == []
+    database.migrate()
+    database.dispose()
+    assert schema_differences(empty_url) == []
+
+
+def test_migrations_started_together_in_one_process_take_turns(empty_url: str) -> None:
+    database = Database(empty_url, timeout_s=10)
+    with ThreadPoolExecutor(4) as threads:
+        for migrated in [threads.submit(database.migrate) for _ in range(4)]:
+            migrated.result()
+    database.dispose()
+    assert schema_differences(empty_url) == []
+
+
+@pytest.mark.postgres
+def test_two_apps_starting_together_on_one_postgresql_both_migrate(
+    postgres_server: PostgresServer,
+) -> None:
+    """Two replicas of the app: each process migrates at start, at the same moment."""
+    name = postgres_server.new_name()
+    url = postgres_server.create(name)
+    at = str(time.time() + 5)
+    script = (
+        "import sys, time; from client_ui.database import Database; "
+        "database = Database(sys.argv[1]); time.sleep(max(0, float(sys.argv[2]) - time.time())); "
+        "database.migrate()"
+    )
+    root = Path(__file__).resolve().parents[2]
+    apps = [
+        subprocess.Popen([sys.executable, "-c", script, url, at], cwd=root, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        errors = [app.communicate(timeout=60)[1].decode() for app in apps]
+        assert [app.returncode for app in apps] == [0, 0], errors
+        assert schema_differences(url) == []
+    finally:
+        postgres_server.drop(name)

@@ -188,6 +188,30 @@ def test_a_label_waiting_in_the_outbox_is_kept_by_a_later_save_without_one(
     assert (row.true_label, row.shadow_digit) == (2, 5)
 
 
+def test_an_unreadable_entry_is_set_aside_and_holds_up_no_other(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put(draft("a1", predicted=1), None)
+    (tmp_path / "outbox" / "b2.json").write_text("")  # cut short by a power cut
+    store = PredictionStore(sqlite_database, outbox)
+    assert store.flush() == 1
+    assert rows(sqlite_database) == [(1, None)]
+    assert (tmp_path / "outbox" / "b2.unreadable").exists() and store.pending_count() == 0
+
+
+def test_a_drawing_the_database_refuses_holds_up_no_other(
+    database: Database, tmp_path: Path
+) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put(draft("a1", predicted=11), None)  # older, and out of the CHECK's range
+    outbox.put(draft("b2", predicted=2), None)
+    store = PredictionStore(database, outbox)
+    assert store.flush() == 1
+    assert rows(database) == [(2, None)]
+    assert store.is_pending("a1") and not store.is_pending("b2")
+
+
 def test_outbox_rejects_keys_that_are_not_plain_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a drawing key"):
         Outbox(tmp_path).put(draft(key="../escape"), None)

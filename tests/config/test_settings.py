@@ -44,6 +44,34 @@ def test_postgres_variables_build_a_url_with_the_password_quoted(tmp_path: Path)
     assert "p@ss" not in repr(settings)  # the password never shows in logs or tracebacks
 
 
+def test_a_password_in_the_database_url_stays_out_of_the_repr_and_errors(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, DATABASE_URL="postgresql://me:s3cret@db/x")
+    assert settings.database_url == "postgresql+psycopg2://me:s3cret@db/x"
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(SettingsError, match="DATABASE_URL") as refused:
+        settings_from(tmp_path, DATABASE_URL="postgresql//me:s3cret@db/x")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_an_ipv6_postgres_host_is_written_in_brackets(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, POSTGRES_HOST="::1")
+    assert settings.database_url == "postgresql+psycopg2://postgres@[::1]:5432/mnist"
+
+
+def test_a_relative_sqlite_file_is_taken_from_the_project_root(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, DATABASE_URL="sqlite:///data/other.db")
+    assert settings.database_url == f"sqlite:///{PROJECT_ROOT / 'data' / 'other.db'}"
+
+
+def test_the_fields_own_names_are_not_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("DB_TIMEOUT_S", "9")
+    settings = load_settings(env_file=tmp_path / "absent.env")
+    assert settings.data_dir == PROJECT_ROOT / "data" and settings.db_timeout_s == 2.0
+
+
 def test_environment_wins_over_the_env_file(tmp_path: Path) -> None:
     text = "UI_PORT=9000\nMODEL_NAME=from_file\n"
     settings = settings_from(tmp_path, text, UI_PORT="9100")
@@ -69,7 +97,9 @@ def test_a_metrics_token_read_from_a_file_loses_its_newline(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("UI_PORT", "eighty"), ("UI_PORT", "70000"), ("TS_REQUEST_TIMEOUT", "0"),
-     ("POSTGRES_PORT", "-1")],
+     ("TS_REQUEST_TIMEOUT", "nan"), ("POSTGRES_PORT", "-1"), ("DB_TIMEOUT", "inf"),
+     ("DB_TIMEOUT", "0.0001"), ("MNIST_DATA_DIR", ""), ("MODEL_STORE", " "),
+     ("DATABASE_URL", "postgresql://me@db:port/x"), ("DATABASE_URL", "not a url")],
 )  # fmt: skip
 def test_a_bad_value_names_its_variable(tmp_path: Path, variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
