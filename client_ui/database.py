@@ -88,8 +88,8 @@ class Database:
         One migration at a time: in this process (Alembic keeps its state in module globals),
         and across processes, such as two replicas of the app starting together, by a lock
         the database holds until the transaction ends; the second then finds the tables new.
-        On SQLite the transaction is opened by hand, as its Python driver would otherwise
-        commit each change of the schema on its own, and a failed upgrade stay half done."""
+        On SQLite the transaction is opened by hand: its Python driver would otherwise commit
+        each change of the schema on its own, leaving a failed upgrade half done."""
         with _MIGRATION_LOCK, self.engine.begin() as connection:
             backend = connection.dialect.name
             if backend == "sqlite":

@@ -120,9 +120,10 @@ def _probe_dependencies(services: AppServices, workers_were_known: bool = True) 
     """Update the gauges; returns whether TorchServe's workers are known, so that a lasting
     outage (or a cluster, where the management API is out of reach) is logged once, not every
     few seconds."""
-    # The tables are made or migrated as soon as the database answers, not at the next save.
-    answers = services.database.ping() and services.store.ensure_schema()
+    answers = services.database.ping()
     metrics.DATABASE_UP.set(1 if answers else 0)
+    if answers:  # the tables made or migrated as soon as it answers, not at the next save
+        services.store.ensure_schema()
     try:
         metrics.record_workers(services.status.model_info())
     except Exception as error:  # TorchServe down or refusing: no worker is ready for the app

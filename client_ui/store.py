@@ -47,6 +47,8 @@ class PredictionStore:
         self._guard = threading.Lock()
         self._drawing_locks: dict[str, threading.Lock] = {}
         self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._schema_error = ""
 
     def ensure_schema(self) -> bool:
         """Bring the tables to the newest migration once the database answers; False until
@@ -54,13 +56,17 @@ class PredictionStore:
         when no drawing has been saved since the database came back."""
         if self._schema_ready:
             return True
+        if self._schema_lock.locked():
+            return False  # a migration is under way (it may take long): not started twice
         try:
             self.database.wait(self.database.submit(self._create_tables_once))
         except DATABASE_DOWN_ERRORS as error:
-            log.warning("database unreachable, tables not created yet: %s", _first_line(error))
+            log.warning("tables not brought up to date yet: %s", _first_line(error))
             return False
-        except Exception:  # a background caller: said, and tried again on its next round
-            log.exception("the tables could not be brought to the newest migration")
+        except Exception as error:  # a background caller: tried again on its next round
+            if str(error) != self._schema_error:  # said once, not every round
+                log.exception("the tables could not be brought to the newest migration")
+            self._schema_error = str(error)
             return False
         return True
 
@@ -94,6 +100,8 @@ class PredictionStore:
 
     def flush(self) -> int:
         """Move pending drafts into the database; returns how many were saved."""
+        if not self.ensure_schema():
+            return 0
         saved = 0
         for entry in self.outbox.entries():
             try:
@@ -178,9 +186,10 @@ class PredictionStore:
             return self._drawing_locks.setdefault(key, threading.Lock())
 
     def _create_tables_once(self) -> None:
-        if not self._schema_ready:
-            self.database.migrate()
-            self._schema_ready = True
+        with self._schema_lock:
+            if not self._schema_ready:
+                self.database.migrate()
+                self._schema_ready = True
 
     def _write(self, draft: PredictionDraft, row_id: int | None) -> int:
         """Insert the drawing's first row, then update that row; RowDeletedError once it is gone.

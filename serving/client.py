@@ -28,6 +28,7 @@ from urllib.parse import quote
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from config import Settings, get_settings
@@ -373,13 +374,24 @@ class TorchServeClient:
         return self._grpc_stub
 
 
+class _RetryUnlessTimedOut(Retry):
+    """urllib3's retries, except for a read that waited out its timeout: a connection cut by a
+    restart is worth another try, a server that did not answer in time is not."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        error = kwargs.get("error")
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(*args, **kwargs)
+
+
 def _session(retries: int) -> requests.Session:
     """A pooled session; GETs retry on connection failures and 502-504, POSTs only on connect.
     Neither retries a read that timed out: each call waits at most its timeout for an answer."""
-    retry = Retry(
+    retry = _RetryUnlessTimedOut(
         total=retries,
         connect=retries,
-        read=False,
+        read=retries,
         status=retries,
         backoff_factor=0.2,
         status_forcelist=(502, 503, 504),

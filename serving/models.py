@@ -30,27 +30,30 @@ def describe(client: TorchServeClient) -> list[str]:
 
 
 def promote(client: TorchServeClient, settings: Settings, version: str) -> None:
-    served = {model["modelVersion"] for model in client.versions()}
-    if version not in served:
-        raise versions.VersionError(
-            f"TorchServe does not serve {settings.model_name} {version} (it serves "
-            f"{', '.join(sorted(served, key=versions.version_key))}); archive it into "
-            f"{settings.model_store} and restart TorchServe (`make stop serve`)"
-        )
-    if version not in versions.stored_versions(settings.model_store, settings.model_name):
-        # else TorchServe would switch and the record would not follow
-        raise versions.VersionError(
-            f"{settings.model_name} {version} is served but not in {settings.model_store}: "
-            "promote with MODEL_STORE set to the store TorchServe loaded it from"
-        )
-    client.set_default(version)
-    versions.record_default(settings.model_store, settings.model_name, version)
+    store, name = settings.model_store, settings.model_name
+    with versions.changing_default(store, name):
+        served = {model["modelVersion"] for model in client.versions()}
+        if version not in served:
+            raise versions.VersionError(
+                f"TorchServe does not serve {name} {version} (it serves "
+                f"{', '.join(sorted(served, key=versions.version_key))}); archive it into "
+                f"{store} and restart TorchServe (`make stop serve`)"
+            )
+        if version not in versions.stored_versions(store, name):
+            # else TorchServe would switch and the record would not follow
+            raise versions.VersionError(
+                f"{name} {version} is served but not in {store}: "
+                "promote with MODEL_STORE set to the store TorchServe loaded it from"
+            )
+        client.set_default(version)
+        versions.record_default(store, name, version)
 
 
 def rollback(client: TorchServeClient, settings: Settings) -> str:
-    previous = versions.previous_default(settings.model_store, settings.model_name)
-    client.set_default(previous)  # the record changes only once TorchServe has taken it
-    versions.forget_default(settings.model_store, settings.model_name)
+    with versions.changing_default(settings.model_store, settings.model_name):
+        previous = versions.previous_default(settings.model_store, settings.model_name)
+        client.set_default(previous)  # the record changes only once TorchServe has taken it
+        versions.forget_default(settings.model_store, settings.model_name)
     return previous
 
 
@@ -65,14 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         with TorchServeClient(settings) as client:
-            if args.command != "list":
-                with versions.changing_default(settings.model_store, settings.model_name):
-                    if args.command == "promote":
-                        promote(client, settings, args.version)
-                        changed = f"{args.version} is the default now."
-                    else:
-                        changed = f"{rollback(client, settings)} is the default again."
-                print(f"{settings.model_name} {changed}")
+            if args.command == "promote":
+                promote(client, settings, args.version)
+                print(f"{settings.model_name} {args.version} is the default now.")
+            elif args.command == "rollback":
+                print(f"{settings.model_name} {rollback(client, settings)} is the default again.")
             print("\n".join(describe(client)))
     except (TorchServeError, versions.VersionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

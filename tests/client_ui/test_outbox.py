@@ -212,6 +212,26 @@ def test_a_drawing_the_database_refuses_holds_up_no_other(
     assert store.is_pending("a1") and not store.is_pending("b2")
 
 
+def test_a_migration_that_fails_is_tried_once_a_round_not_once_a_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'new.db'}")
+    tries: list[int] = []
+
+    def failing() -> None:
+        tries.append(1)
+        raise RuntimeError("a migration with a bug")
+
+    monkeypatch.setattr(database, "migrate", failing)
+    outbox = Outbox(tmp_path / "outbox")
+    for key in ("a1", "b2", "c3"):
+        outbox.put(draft(key), None)
+    store = PredictionStore(database, outbox)
+    assert store.flush() == 0 and store.flush() == 0
+    assert len(tries) == 2 and store.pending_count() == 3
+    database.dispose()
+
+
 def test_outbox_rejects_keys_that_are_not_plain_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a drawing key"):
         Outbox(tmp_path).put(draft(key="../escape"), None)

@@ -41,6 +41,8 @@ class FakeTorchServe:
     seen: list[tuple[str, str, str]] = field(default_factory=list)
     valid_keys: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    #: Requests to cut off without an answer, as a restarting server does.
+    drops: int = 0
     url: str = ""
 
     def write_keys(self, inference: str, management: str = "m1", api: str = "api") -> None:
@@ -71,6 +73,11 @@ def _handler_class(fake: FakeTorchServe) -> type[BaseHTTPRequestHandler]:
         def _reply(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
+            if fake.drops:
+                fake.drops -= 1
+                fake.seen.append((method, self.path, "dropped"))
+                self.close_connection = True
+                return
             status, body = fake.answer(method, self.path, self.headers.get("Authorization", ""))
             payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(status)
@@ -168,6 +175,13 @@ def test_a_slow_answer_to_a_get_is_a_timeout_after_one_wait(fake: FakeTorchServe
     with pytest.raises(ServerUnavailableError, match=r"did not answer within 0\.3 s"):
         client_for(fake, timeout_s=0.3).health()
     assert [path for _, path, _ in fake.seen] == ["/ping"]
+
+
+def test_a_get_cut_off_by_a_restart_is_sent_again(fake: FakeTorchServe) -> None:
+    fake.drops = 1
+    fake.answers[("GET", "/ping")] = [(200, {"status": "Healthy"})]
+    assert client_for(fake).health() == {"status": "Healthy"}
+    assert [auth for _, _, auth in fake.seen] == ["dropped", "Bearer i1"]
 
 
 def test_a_closed_port_becomes_unavailable(tmp_path: Path) -> None:

@@ -87,19 +87,32 @@ def test_unreadable_store_files_are_version_errors_that_name_them(tmp_path: Path
         versions.load_order(tmp_path, "mnist")
 
 
-def test_changes_of_the_default_wait_for_one_another(tmp_path: Path) -> None:
-    second_in = threading.Event()
+class SwitchingClient:
+    """What `promote` asks of TorchServe: the served versions, and a switch of the default."""
 
-    def second() -> None:
-        with versions.changing_default(tmp_path, "mnist"):
-            second_in.set()
+    def __init__(self, served: list[str]) -> None:
+        self.served = served
+        self.switched: list[str] = []
 
+    def versions(self) -> list[dict[str, str]]:
+        return [{"modelVersion": version} for version in self.served]
+
+    def set_default(self, version: str) -> None:
+        self.switched.append(version)
+
+
+def test_a_promotion_waits_for_a_change_of_the_default_under_way(tmp_path: Path) -> None:
+    fake_mar(tmp_path / "mnist.mar", "1.1")
+    fake_mar(tmp_path / "mnist-2.1.mar", "2.1")
+    settings = load_settings({"MODEL_STORE": str(tmp_path)}, env_file=tmp_path / "none")
+    client = SwitchingClient(["1.1", "2.1"])
     with versions.changing_default(tmp_path, "mnist"):
-        waiting = threading.Thread(target=second)
+        waiting = threading.Thread(target=promote, args=(client, settings, "2.1"))
         waiting.start()
-        assert not second_in.wait(0.3)
-    assert second_in.wait(5)
-    waiting.join()
+        waiting.join(0.3)
+        assert waiting.is_alive() and client.switched == []
+    waiting.join(5)
+    assert client.switched == ["2.1"] and versions.default_version(tmp_path, "mnist") == "2.1"
 
 
 @pytest.mark.slow
