@@ -128,4 +128,4 @@ gpu-check: setup
 
 # Stops TorchServe first: its pid file is in logs/, and its model files are removed.
 clean: stop
-	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth results/*.json .pytest_cache
+	rm -rf logs model_store/*.mar model_store/*.pt model_store/*.pth model_store/*.partial results/*.json .pytest_cache

@@ -61,7 +61,7 @@ class PredictionStore:
         try:
             self.database.wait(self.database.submit(self._create_tables_once))
         except DATABASE_DOWN_ERRORS as error:
-            log.warning("tables not brought up to date yet: %s", _first_line(error))
+            log.info("tables not brought up to date yet: %s", _first_line(error))
             return False
         except Exception as error:  # a background caller: tried again on its next round
             if str(error) != self._schema_error:  # said once, not every round
