@@ -28,14 +28,16 @@ export default {
       ];
     },
     start(event) {
-      if (event.pointerType === "mouse" && event.button !== 0) return;
+      // One stroke at a time: a second finger or a palm does not take over the stroke drawn.
+      if (this.current || (event.pointerType === "mouse" && event.button !== 0)) return;
       event.preventDefault();
       this.$refs.canvas.setPointerCapture(event.pointerId);
+      this.pointer = event.pointerId;
       this.current = { width: this.strokeWidth, points: [this.position(event)] };
       this.paint(this.current);
     },
     extend(event) {
-      if (!this.current) return;
+      if (!this.current || event.pointerId !== this.pointer) return;
       event.preventDefault();
       const samples = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
       for (const sample of samples.length ? samples : [event]) {
@@ -44,7 +46,7 @@ export default {
       this.paint(this.current);
     },
     finish(event) {
-      if (!this.current) return;
+      if (!this.current || event.pointerId !== this.pointer) return;
       event.preventDefault();
       this.strokes.push(this.current);
       this.current = null;

@@ -86,13 +86,13 @@ class ConfidencePanel:
 
     def __init__(
         self,
-        model_client: Any,
+        ask_explanation: Callable[[bytes], Awaitable[dict[str, Any]]],
         on_pick: Callable[[int], Awaitable[None]],
         min_confidence: float | None = None,
         min_margin: float | None = None,
     ) -> None:
         settings = get_settings()
-        self.model_client = model_client
+        self.ask_explanation = ask_explanation
         self.on_pick = on_pick
         self.min_confidence = (
             settings.ui_unsure_confidence if min_confidence is None else min_confidence
@@ -148,7 +148,7 @@ class ConfidencePanel:
         sequence, png = self.sequence, self.png
         self.caption.set_text("Explaining…")
         try:
-            explanation = await run.io_bound(self.model_client.explain, png)
+            explanation = await self.ask_explanation(png)
             overlay = await run.io_bound(overlay_for_drawing, png, explanation)
         except InputRejectedError as error:  # the handler's message is written for people
             if sequence == self.sequence:

@@ -65,6 +65,9 @@ class DrawPage:
         self.label: int | None = None
         #: The drawing before a Clear, until the candidate's answer about it is stored.
         self.previous_draft: PredictionDraft | None = None
+        #: The newest drawing TorchServe has not been asked about; one call at a time.
+        self.wanted_png: bytes | None = None
+        self.predicting = False
         #: The newest drawing the candidate has not been asked about; one call at a time.
         self.shadow_wanted: PredictionDraft | None = None
         self.shadow_running = False
@@ -91,7 +94,9 @@ class DrawPage:
                 slider = ui.slider(min=6, max=40, step=2, value=DEFAULT_STROKE_WIDTH)
                 slider.on_value_change(lambda event: self.canvas.set_stroke_width(event.value))
                 testid(slider.classes("w-32"), "stroke-width")
-                testid(ui.button("Undo", icon="undo", on_click=self.undo), "undo-button")
+                # The drawing is named when the click arrives, before a Clear right after it.
+                undo = ui.button("Undo", icon="undo", on_click=lambda: self.undo(self.drawing_key))
+                testid(undo, "undo-button")
                 testid(ui.button("Clear", icon="clear", on_click=self.clear), "clear-button")
             self.hint = testid(ui.label(EMPTY_HINT).classes("text-gray-600"), "hint")
 
@@ -113,7 +118,7 @@ class DrawPage:
                     testid(self.model_view, "model-view")
             self.chart = testid(ui.echart(_chart_options([0.0] * 10)), "probabilities")
             self.chart.classes("w-[360px] h-48")
-            self.confidence = ConfidencePanel(self.services.model_client, self.confirm_label)
+            self.confidence = ConfidencePanel(self._ask_explanation, self.confirm_label)
             ui.label("Click the digit you drew to confirm or correct it:").classes("text-sm")
             with ui.row().classes("gap-1"):
                 self.label_buttons = [
@@ -141,15 +146,18 @@ class DrawPage:
             return
         if snapshot.is_a_dot:  # not sent: any digit the model named would be a guess
             self.last_png = None
-            self.sequence += 1
+            self._drop_answers_due()
             self._show_no_answer()
             self.hint.set_text(DOT_HINT)
             return
         self.last_png = snapshot.png
         await self.predict(snapshot.png)
 
-    async def undo(self) -> None:
-        await self.on_drawing_changed(await self.canvas.undo())
+    async def undo(self, key: str) -> None:
+        """Undo the last stroke of drawing `key`; nothing more once Clear has started another."""
+        snapshot = await self.canvas.undo()
+        if key == self.drawing_key:
+            await self.on_drawing_changed(snapshot)
 
     def clear(self) -> None:
         self.canvas.clear()
@@ -163,13 +171,26 @@ class DrawPage:
         await self.predict(self.last_png)
 
     async def predict(self, png: bytes) -> None:
-        """Ask TorchServe, show the answer, save it; a newer stroke overrides an older answer."""
+        """Ask TorchServe about the newest drawing, show the answer, save it. One call at a time
+        per page: strokes drawn while TorchServe answers are folded into one call about the
+        newest, and the answer about an older drawing is not shown."""
         self.sequence += 1
-        sequence = self.sequence
+        self.wanted_png = png
         self.hint.set_text("Predicting…")
+        if self.predicting:
+            return
+        self.predicting = True
+        try:
+            while self.wanted_png is not None:
+                png, self.wanted_png = self.wanted_png, None
+                await self._predict(png, self.sequence)
+        finally:
+            self.predicting = False
+
+    async def _predict(self, png: bytes, sequence: int) -> None:
         started = time.perf_counter()
         try:
-            answer = await run.io_bound(self.services.model_client.predict, png)
+            answer = await self.services.ask_model(self.services.model_client.predict, png)
         except InputRejectedError as error:
             metrics.TORCHSERVE_ERRORS.labels(metrics.error_kind(error)).inc()
             if sequence == self.sequence:
@@ -320,6 +341,9 @@ class DrawPage:
         self.details.set_text(f"model {draft.model_version} · {draft.latency_ms:.0f} ms round trip")
         self._highlight_label(self.label)
 
+    async def _ask_explanation(self, png: bytes) -> dict[str, Any]:
+        return await self.services.ask_model(self.services.model_client.explain, png)
+
     async def _model_view(self, png: bytes) -> bytes | None:
         try:
             return await run.io_bound(model_view_png, png)
@@ -333,8 +357,13 @@ class DrawPage:
             else:
                 button.props("outline")
 
-    def _start_new_drawing(self, hint: str) -> None:
+    def _drop_answers_due(self) -> None:
+        """Neither the answer under way nor a drawing waiting to be asked about is shown."""
         self.sequence += 1
+        self.wanted_png = None
+
+    def _start_new_drawing(self, hint: str) -> None:
+        self._drop_answers_due()
         self.previous_draft = self.draft or self.previous_draft
         self.draft = None
         self.label = None

@@ -37,6 +37,8 @@ class HistoryPage:
         self.page = 0
         self.total = 0
         self.rows: list[Prediction] = []
+        #: Loads started; only the newest one's answer is shown (answers may come out of order).
+        self.loads = 0
         page_frame("/history")
         with ui.column().classes("w-full max-w-5xl mx-auto p-4 gap-3"):
             with ui.row().classes("items-end gap-4"):
@@ -82,27 +84,35 @@ class HistoryPage:
         await self.load()
 
     async def load(self) -> None:
-        filters, page = self.filters, self.page
+        self.loads += 1
+        load, filters, page = self.loads, self.filters, self.page
         try:
-            self.total, self.rows, known_versions = await run.io_bound(
+            answer = await run.io_bound(
                 self.services.database.call, lambda session: self._fetch(session, filters, page)
             )
         except DATABASE_DOWN_ERRORS:
-            self.error.set_text("The database is unreachable; try again in a moment.")
+            if load == self.loads:
+                self.error.set_text("The database is unreachable; try again in a moment.")
             return
+        if load != self.loads:
+            return
+        self.page, self.total, self.rows, known_versions = answer
         self.error.set_text("")
         versions = {ANY: "any", **{version: version for version in known_versions}}
         if versions != self.version_filter.options:
-            self.version_filter.set_options(versions, value=self.version_filter.value)
+            chosen = self.version_filter.value
+            self.version_filter.set_options(versions, value=chosen if chosen in versions else ANY)
         self._render()
 
     @staticmethod
     def _fetch(
         session: Session, filters: Filters, page: int
-    ) -> tuple[int, list[Prediction], list[str]]:
+    ) -> tuple[int, int, list[Prediction], list[str]]:
+        """The page asked for, or the last one when rows deleted meanwhile took it away."""
         total = queries.count_predictions(session, filters)
+        page = min(page, max(0, (total - 1) // PAGE_SIZE))
         rows = queries.list_predictions(session, filters, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
-        return total, rows, queries.model_versions(session)
+        return page, total, rows, queries.model_versions(session)
 
     def _render(self) -> None:
         pages = max(1, -(-self.total // PAGE_SIZE))

@@ -90,6 +90,7 @@ def register_lifecycle(services: AppServices) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         services.shadow_executor.shutdown(wait=False, cancel_futures=True)
+        services.model_executor.shutdown(wait=False, cancel_futures=True)
         services.database.dispose()
 
     app.on_startup(start)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from client_ui.database import Database
 from client_ui.outbox import Outbox
@@ -33,10 +36,20 @@ STATUS_TIMEOUT_S = 1.0
 #: Threads for the shadow-tested candidate, apart from the ones live predictions and saves use,
 #: so a slow candidate never delays a live answer; each page asks it one drawing at a time.
 SHADOW_THREADS = 2
+#: Threads for the Draw pages' calls to TorchServe (predictions, explanations), apart from the
+#: ones saves and pages use, so a hung TorchServe holds only these; each page has at most one
+#: prediction in flight.
+MODEL_THREADS = 8
+
+T = TypeVar("T")
 
 
 def _shadow_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=SHADOW_THREADS, thread_name_prefix="shadow")
+
+
+def _model_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=MODEL_THREADS, thread_name_prefix="model")
 
 
 @dataclass
@@ -49,10 +62,17 @@ class AppServices:
     #: The candidate version every drawing is also sent to (shadow testing), or None.
     shadow_version: str | None = None
     shadow_executor: ThreadPoolExecutor = field(default_factory=_shadow_threads)
+    model_executor: ThreadPoolExecutor = field(default_factory=_model_threads)
 
     @property
     def status(self) -> ModelClient:
         return self.status_client or self.model_client
+
+    async def ask_model(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)`, a call to TorchServe, on the model threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.model_executor, partial(call, *args)
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppServices:

@@ -16,8 +16,8 @@ from nicegui import Client, ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
 
-from client_ui import draw, layout, main, queries, statistics
-from client_ui.canvas import DrawingCanvas
+from client_ui import draw, history, layout, main, queries, statistics
+from client_ui.canvas import DrawingCanvas, Snapshot
 from client_ui.database import Database
 from client_ui.draw import DELETED_TEXT, DOT_HINT, LABEL_WAITS_TEXT, PENDING_TEXT
 from client_ui.history import GONE_TEXT
@@ -503,3 +503,70 @@ async def test_a_page_fetched_without_a_browser_logs_no_error(
     await asyncio.sleep(1)
     assert "ClientConnectionTimeout" not in caplog.text and "Traceback" not in caplog.text
     assert set(Client.instances) <= before  # the page was dropped, not left to linger
+
+
+async def test_an_undo_answered_after_clear_leaves_the_new_drawing_alone(
+    user: User, services: AppServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def late_undo(canvas: DrawingCanvas) -> Snapshot:
+        await asyncio.sleep(0.3)  # the browser's answer to Undo, after Clear
+        return Snapshot.from_js({"strokes": 1, "png": data_url(digit_png()), "extent": 6.0})
+
+    monkeypatch.setattr(DrawingCanvas, "undo", late_undo)
+    await user.open("/")
+    stroke(user, digit_png(), strokes=2)
+    await user.should_see("Saved as #1")
+    user.find(marker="undo-button").click()
+    user.find(marker="clear-button").click()
+    await asyncio.sleep(0.6)
+    assert user.find(marker="predicted-digit").elements.pop().text == "–"
+    assert len(stored(services.database)) == 1
+
+
+async def test_strokes_drawn_while_the_model_answers_are_asked_about_once(
+    user: User, services: AppServices, fake_client: FakeModelClient
+) -> None:
+    fake_client.delay_s = 0.5
+    await user.open("/")
+    for count in range(1, 19):
+        stroke(user, digit_png(), strokes=count)
+    await user.should_see("Saved as #1", retries=DATABASE_RETRIES)
+    await asyncio.sleep(0.6)
+    assert len(fake_client.requests) == 2  # the first stroke's, then the newest's
+
+
+async def test_history_shows_the_newest_load_when_answers_come_out_of_order(
+    user: User, services: AppServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_rows(services.database, [(1, None), (4, None)])
+    fetch = history.HistoryPage._fetch
+
+    def slow_for_ones(session, filters, page):
+        if filters.predicted_digit == 1:
+            time.sleep(0.8)
+        return fetch(session, filters, page)
+
+    monkeypatch.setattr(history.HistoryPage, "_fetch", staticmethod(slow_for_ones))
+    await user.open("/history")
+    await user.should_see("2 drawings")
+    predicted = user.find(marker="filter-predicted").elements.pop()
+    predicted.set_value(1)
+    await asyncio.sleep(0.1)
+    predicted.set_value(4)
+    await asyncio.sleep(1.2)
+    await user.should_see("predicted 4")
+    await user.should_not_see("predicted 1")
+
+
+async def test_deleting_the_only_row_of_the_last_page_shows_the_page_before(
+    user: User, services: AppServices
+) -> None:
+    add_rows(services.database, [(1, None)] * 21)
+    await user.open("/history")
+    await user.should_see("Page 1 of 2 · 21 drawings")
+    user.find(marker="page-next").click()
+    await user.should_see("Page 2 of 2")
+    user.find(marker="delete-1").click()
+    await user.should_see(marker="confirm-delete")
+    user.find(marker="confirm-delete").click()
+    await user.should_see("Page 1 of 1 · 20 drawings", retries=DATABASE_RETRIES)
