@@ -213,6 +213,8 @@ class DrawPage:
         draft = replace(
             _draft_from_answer(self.drawing_key, answer, png, latency_ms), true_label=self.label
         )
+        if self.draft is not None:  # the drawing keeps the time of its first answer
+            draft = replace(draft, timestamp=self.draft.timestamp)
         self.draft = draft
         self._show_answer(draft, answer)
         self.confidence.show(answer, png)

@@ -570,3 +570,18 @@ async def test_deleting_the_only_row_of_the_last_page_shows_the_page_before(
     await user.should_see(marker="confirm-delete")
     user.find(marker="confirm-delete").click()
     await user.should_see("Page 1 of 1 · 20 drawings", retries=DATABASE_RETRIES)
+
+
+async def test_a_drawing_keeps_the_time_of_its_first_answer(
+    user: User, services: AppServices
+) -> None:
+    await user.open("/")
+    stroke(user, digit_png(), strokes=1)
+    await user.should_see("Saved as #1", retries=DATABASE_RETRIES)
+    with services.database.session() as session:
+        first = queries.get_prediction(session, 1).timestamp  # type: ignore[union-attr]
+    await asyncio.sleep(0.05)
+    stroke(user, digit_png(279), strokes=2)
+    await eventually(lambda: stored(services.database)[0][2] == digit_png(279))
+    with services.database.session() as session:
+        assert queries.get_prediction(session, 1).timestamp == first  # type: ignore[union-attr]
