@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from model.files import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,9 @@ class Outbox:
         self.directory = directory
 
     def put(self, draft: PredictionDraft, row_id: int | None) -> None:
-        """Written to disk before it is renamed into place: a power cut leaves the old state or
-        the new one, not an empty file."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(draft.key)
-        temporary = path.with_suffix(".tmp")
-        with temporary.open("w") as file:
-            file.write(json.dumps(_encode(draft, row_id)))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        """Written whole: a crash or power cut leaves the old state or the new one."""
+        with written_whole(self._path(draft.key)) as partial:
+            partial.write_text(json.dumps(_encode(draft, row_id)))
 
     def remove(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
