@@ -47,6 +47,8 @@ Prepared = torch.Tensor | list[torch.Tensor] | InvalidInputError
 DEFAULT_TORCH_THREADS = 1
 # Base64 inflates by 4/3; anything longer than this cannot decode to an acceptable image.
 MAX_BASE64_CHARS = MAX_IMAGE_BYTES * 4 // 3 + 1024
+# A JSON body around the largest image's base64, with room for its line breaks as escapes.
+MAX_JSON_CHARS = 2 * MAX_BASE64_CHARS
 STATUS_FOR_REASON = {"too_large": 413}
 # What may precede a JSON body's first bracket: whitespace and a byte-order mark.
 JSON_LEADING = "\ufeff \t\r\n"
@@ -112,7 +114,9 @@ class MNISTHandler(BaseHandler):
         wanted = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         for i, item in enumerate(prepared):
             if wanted[i] and isinstance(item, list):
-                prepared[i] = InvalidInputError("bad_json", "an explanation takes one image")
+                prepared[i] = InvalidInputError(
+                    "bad_json", 'an explanation takes one image, not KServe "instances"'
+                )
         explain = [
             i for i, item in enumerate(prepared) if wanted[i] and isinstance(item, torch.Tensor)
         ]
@@ -284,7 +288,7 @@ def _looks_like_json(payload: bytes) -> bool:
 
 def _parse_json(text: str | bytes) -> Any:
     """JSON from text, or from bytes in any encoding ``json.loads`` detects."""
-    if len(text) > MAX_BASE64_CHARS + 1024:
+    if len(text) > MAX_JSON_CHARS * _bytes_per_char(text):
         raise InvalidInputError("too_large", "the JSON body is larger than any valid input")
     try:
         return json.loads(text)
@@ -292,6 +296,14 @@ def _parse_json(text: str | bytes) -> Any:
         raise InvalidInputError("bad_json", f"the body is not valid JSON: {error}") from error
     except RecursionError as error:
         raise InvalidInputError("bad_json", "the JSON is nested too deeply") from error
+
+
+def _bytes_per_char(text: str | bytes) -> int:
+    """At most how many of `text`'s units make one character: 1 for text and UTF-8."""
+    if isinstance(text, str):
+        return 1
+    encoding = json.detect_encoding(text)
+    return 4 if "32" in encoding else 2 if "16" in encoding else 1
 
 
 def _tensor_from_json(payload: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
@@ -310,7 +322,11 @@ def _instances(instances: Any) -> list[torch.Tensor]:
         )
     sources, pixels = [], 0
     for index, instance in enumerate(instances):
-        if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
+        if isinstance(instance, dict) and "b64" in instance:
+            if "image" in instance or "pixels" in instance:
+                raise InvalidInputError(
+                    "bad_json", f'instance {index} has "b64" and another image; send one of them'
+                )
             instance = {"image": instance["b64"]}
         if not isinstance(instance, dict):
             raise InvalidInputError("bad_json", f"instance {index} is not a JSON object")
@@ -364,9 +380,10 @@ def _decode_base64(text: str) -> bytes:
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
             raise InvalidInputError("bad_base64", "a data: URL must be base64-encoded")
+    text = "".join(text.split())  # line breaks as `base64` wraps it at 76 characters
     if len(text) > MAX_BASE64_CHARS:
         raise InvalidInputError("too_large", f"the image is larger than {MAX_IMAGE_BYTES} bytes")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidInputError("bad_base64", "the image is not valid base64") from error

@@ -4,10 +4,12 @@ MNIST digits are white ink on black, fitted into a 20x20 box (aspect kept, anti-
 placed in a 28x28 field so that their centre of mass sits at the centre. Everything a client
 sends is brought to that form here, by the handler, the in-process predictor and the app alike:
 
-1. decode with limits (bytes, then pixel count read from the header BEFORE decoding);
+1. decode with limits (bytes, then pixel count read from the header BEFORE decoding), upright
+   as the EXIF orientation says;
 2. flatten alpha: a browser canvas is ink on TRANSPARENT pixels, so transparency is composited
    onto a background that contrasts with the ink colour, which turns alpha into ink signal;
-3. grayscale, then polarity from the border: a light border means dark ink, which is inverted;
+3. grayscale, then polarity: the ink runs the way furthest from the border's level; dark ink
+   is inverted;
 4. crop to the ink's bounding box (a relative threshold ignores JPEG noise), scale the longer
    side to 20 px with anti-aliasing, stretch the contrast, centre by mass in 28x28;
 5. normalise exactly like training: ``(uint8 / 255 - 0.1307) / 0.3081`` in float32.
@@ -22,10 +24,11 @@ whole recipe.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 try:
     import pyspng
@@ -102,7 +105,8 @@ def decode_image(data: bytes) -> Image.Image:
     image = _open_header(data)
     _check_dimensions(*image.size)
     _check_scans(data, image)
-    decoded = _decode_png_fast(data, image)
+    upright = _stored_upright(image)
+    decoded = _decode_png_fast(data, image) if upright else None
     if decoded is not None:
         return decoded
     try:
@@ -113,7 +117,19 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidInputError(
             "truncated", f"the {image.format} image is truncated or corrupt"
         ) from error
-    return image
+    return image if upright else ImageOps.exif_transpose(image)
+
+
+def _stored_upright(image: Image.Image) -> bool:
+    """False when the header's EXIF says the pixels are stored turned or mirrored, as a phone
+    camera stores a photo taken sideways. A PNG's EXIF is read only from before its pixels, so
+    the header alone is read; an unreadable EXIF counts as upright."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return True
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return True
 
 
 def declared_pixels(data: bytes) -> int:
@@ -335,8 +351,9 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.Image:
-    """Ink strength 0-255 on a 0 background. Polarity comes from the background level: the
-    compositing's when known, else the border's (a light border means dark ink).
+    """Ink strength 0-255 on a 0 background. The background level is the compositing's when
+    known, else the border's; the ink runs the way that reaches furthest from it (dark ink on
+    grey paper too), a tie going by the background (a light one means dark ink).
 
     One lookup table does the inversion, the background removal and, with `noise_floor`, the
     cut of everything below a fraction of the strongest ink (JPEG ringing, paper texture).
@@ -347,7 +364,9 @@ def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.
         background = int(np.median(border))
     darkest, lightest = gray.getextrema()
     levels = np.arange(256)
-    if background > 127:
+    dark_ink = background - darkest, background > 127
+    light_ink = lightest - background, background <= 127
+    if dark_ink > light_ink:
         strength, peak = background - levels, background - darkest
     else:
         strength, peak = levels - background, lightest - background

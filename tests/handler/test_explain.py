@@ -48,6 +48,22 @@ def test_attributions_are_28x28_and_add_up_to_the_logit_difference(
         assert float(explained.attributions.sum()) == pytest.approx(difference, rel=0.02, abs=1e-3)
 
 
+def test_attributions_of_a_trained_model_add_up_on_every_digit(
+    trained_model: Path, mnist_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The served form (both readings, temperature) of a trained network: its ReLUs switch
+    along the path, which is where too few steps fall short."""
+    model = load_torchscript(trained_model)
+    images, _ = mnist_test
+    batch = torch.stack([preprocess(images[i]) for i in range(0, 10_000, 100)])
+    gaps = [
+        abs(float(e.attributions.sum()) - (e.logit - e.baseline_logit))
+        / abs(e.logit - e.baseline_logit)
+        for e in integrated_gradients(model, batch)
+    ]
+    assert max(gaps) < 0.02
+
+
 def test_a_pixel_without_ink_gets_exactly_nothing(
     model: torch.jit.ScriptModule, inputs: torch.Tensor
 ) -> None:

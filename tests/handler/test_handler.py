@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from handler.mnist_handler import MNISTHandler, choose_device, torch_threads
-from handler.preprocessing import MAX_IMAGE_SIDE
+from handler.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE
 from model.predictor import MNISTPredictor
 from tests.fixtures.images import blank_png_base64
 from tests.fixtures.models import CountingModel
@@ -273,6 +277,7 @@ LARGEST_PNG = blank_png_base64(MAX_IMAGE_SIDE)
         ([{"pixels": [9] * 784}] * 65, 413, "at most 64"),
         (["just text"], 400, "instance 0 is not a JSON object"),
         ([{"b64": LARGEST_PNG}, {"b64": LARGEST_PNG}], 413, "pixels in all"),
+        ([{"b64": LARGEST_PNG, "pixels": [9] * 784}], 400, 'instance 0 has "b64" and another'),
     ],
 )
 def test_bad_kserve_instances_get_a_4xx_naming_the_instance(
@@ -280,3 +285,19 @@ def test_bad_kserve_instances_get_a_4xx_naming_the_instance(
 ) -> None:
     [(got, answer)] = run_batch(handler, worker_context, [{"body": {"instances": instances}}])
     assert got == status and message in answer["message"]
+
+
+def test_an_image_near_the_limit_is_taken_as_base64_wrapped_in_utf_16_json(
+    handler: MNISTHandler, worker_context: WorkerContext
+) -> None:
+    """What `base64 digit.png` prints (76 characters a line) in a UTF-16 JSON body: the limits
+    count the image, not the line breaks or the encoding's bytes."""
+    noise = np.random.default_rng(0).integers(0, 256, (1440, 1440), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert MAX_IMAGE_BYTES - 100_000 < len(png) <= MAX_IMAGE_BYTES
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(png).decode(), 76))
+    body = json.dumps({"image": wrapped}).encode("utf-16")
+    [(status, answer)] = run_batch(handler, worker_context, [{"body": body}])
+    assert status == 200, answer

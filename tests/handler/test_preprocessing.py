@@ -95,6 +95,30 @@ def test_polarity_and_transparency_do_not_change_what_the_model_sees(mnist_dir) 
             assert difference.mean() < 2.0
 
 
+@pytest.mark.parametrize(("paper", "ink"), [(127, 20), (100, 0), (140, 255), (60, 200)])
+def test_ink_on_grey_paper_is_found_whichever_way_it_runs(paper: int, ink: int) -> None:
+    """Ink runs the way it reaches furthest from the paper, whichever side of mid-grey that is."""
+    rng = np.random.default_rng(0)
+    sheet = np.clip(paper + rng.integers(-3, 4, (280, 280)), 0, 255).astype(np.uint8)
+    sheet[40:240, 130:150] = ink
+    pixels = to_mnist_pixels(decode_image(encode(Image.fromarray(sheet))))
+    assert ink_box(pixels) == (20, 2) and pixels.max() == 255
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_a_photo_stored_sideways_is_read_upright(image_format: str) -> None:
+    """Phones store a photo as the sensor read it, with an EXIF tag saying how to turn it."""
+    upright = Image.new("L", (200, 300), 255)
+    ImageDraw.Draw(upright).line([(40, 60), (160, 60), (80, 260)], fill=0, width=14)  # a 7
+    tag = Image.Exif()
+    tag[0x0112] = 6  # "turn 90 degrees clockwise to view"
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    stored = encode(sideways, image_format, exif=tag.tobytes())
+    expected = to_mnist_pixels(decode_image(encode(upright, image_format)))
+    difference = np.abs(to_mnist_pixels(decode_image(stored)).astype(int) - expected)
+    assert difference.mean() < 2.0
+
+
 def test_off_centre_ink_is_moved_to_the_centre() -> None:
     canvas = Image.new("L", (400, 300), 255)
     canvas.paste(0, (20, 30, 60, 130))  # a dark bar near the top-left corner
