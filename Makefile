@@ -69,7 +69,7 @@ format: setup
 	$(PY) -m ruff check --fix .
 
 bench: setup
-	$(PY) -m benchmarks $(if $(QUICK),--quick,)
+	$(PY) -m benchmarks $(if $(filter 1,$(QUICK)),--quick,)
 
 # Accuracy per drawing style through TorchServe, for the trained model (results/accuracy.md);
 # ACCURACY_ARGS="--images DIR..." adds digits people drew (docs/drawings.md).

@@ -45,8 +45,11 @@ def png(pixels: np.ndarray) -> bytes:
 
 def served_digits(client: TorchServeClient, bodies: Sequence[bytes]) -> list[int]:
     """The served answer to each encoded image, in order."""
-    with ThreadPoolExecutor(max_workers=CALLERS) as pool:
+    pool = ThreadPoolExecutor(max_workers=CALLERS)
+    try:
         return [answer["digit"] for answer in pool.map(client.predict, bodies)]
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, the requests not yet sent are not sent
 
 
 def served_accuracy(client: TorchServeClient, samples: Sequence[tuple[bytes, int]]) -> float:

@@ -58,9 +58,11 @@ class ReferenceNet(nn.Module):
         return self.layers(x)
 
 
-def drawn_pixels(style: str, count: int, seed: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+def drawn_pixels(
+    style: str, count: int, seed: int, every: int, data_dir: Path
+) -> tuple[np.ndarray, np.ndarray]:
     """What the model sees for `count` MNIST test digits drawn in `style`, and their labels."""
-    samples = drawings(style, count, seed=seed, every=every)
+    samples = drawings(style, count, data_dir=data_dir, seed=seed, every=every)
     pixels = np.stack([to_mnist_pixels(decode_image(body)) for body, _ in samples])
     return pixels, np.array([label for _, label in samples])
 
@@ -110,7 +112,7 @@ def measure(
     train = MnistSplit(train.images[:kept], train.labels[:kept])
     every = TEST_COUNT // per_style
     with ProcessPoolExecutor() as pool:
-        jobs = [(style, per_style, seed, every) for style in styles]
+        jobs = [(style, per_style, seed, every, data_dir) for style in styles]
         drawn = dict(zip(styles, pool.map(drawn_pixels, *zip(*jobs, strict=True)), strict=True))
     extra = MnistSplit(
         images=torch.from_numpy(redrawn(train.images[:training_count], [training_style], seed + 1)),

@@ -33,7 +33,10 @@ from model.predictor import MNISTPredictor
 from serving.archive import build_archive
 from training.drawings import drawings
 
-WORKER_DEVICE = re.compile(r"MNIST model \S+ loaded on (cuda:\d+)")
+WORKER_DEVICE = re.compile(r"MNIST model \S+ loaded on (\S+)")
+MNIST_TEST_COUNT = 10_000
+# The worker log reaches its file shortly after the worker reports READY.
+LOG_WAIT_S = 10.0
 
 
 def train_one_epoch(model_path: Path) -> str:
@@ -50,7 +53,7 @@ def train_one_epoch(model_path: Path) -> str:
 def served_on_gpu(mar: Path, workdir: Path, samples: list[tuple[bytes, int]]) -> dict[str, Any]:
     """A private TorchServe with one GPU: the workers' devices, accuracy and REST latency."""
     with running(mar, workdir, overrides={"number_of_gpu": "1"}) as instance:
-        model_log = (instance.settings.log_dir / "model_log.log").read_text()
+        model_log = worker_log(instance.settings.log_dir / "model_log.log")
         devices = sorted(set(WORKER_DEVICE.findall(model_log)))
         url = f"{instance.settings.inference_url}/predictions/{mar.stem}"
         latencies, correct = [], 0
@@ -68,6 +71,21 @@ def served_on_gpu(mar: Path, workdir: Path, samples: list[tuple[bytes, int]]) ->
         "accuracy": correct / len(samples),
         "rest_latency": latency_summary(latencies, seconds),
     }
+
+
+def worker_log(path: Path) -> str:
+    """The workers' log once it says where the model was loaded, or as it is after LOG_WAIT_S."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        text = path.read_text() if path.is_file() else ""
+        if WORKER_DEVICE.search(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+def all_on_cuda(devices: list[str]) -> bool:
+    """True when workers reported their device and every one is a CUDA device."""
+    return bool(devices) and all(device.startswith("cuda:") for device in devices)
 
 
 def in_process_on_gpu(model_path: Path, samples: list[tuple[bytes, int]]) -> dict[str, Any]:
@@ -102,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="drawings sent (default: 1000)")
     args = parser.parse_args(argv)
+    if not 1 <= args.samples <= MNIST_TEST_COUNT or MNIST_TEST_COUNT % args.samples:
+        parser.error(f"--samples must divide {MNIST_TEST_COUNT:,}, so that the digits are spread")
     if not torch.cuda.is_available():
         print("No CUDA GPU here (torch.cuda.is_available() is False): nothing to check.")
         return 1
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     print(f"GPU: {report['gpu']}, torch {report['torch']}", flush=True)
-    samples = drawings("black_on_white", args.samples, every=10)
+    samples = drawings("black_on_white", args.samples, every=MNIST_TEST_COUNT // args.samples)
     with tempfile.TemporaryDirectory(prefix="mnist-gpu-check-") as workspace:
         workdir = Path(workspace)
         model_path = workdir / "mnist_cnn.pt"
@@ -125,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     print(f"Written to {out}")
     served = report["served"]
-    on_cuda = isinstance(served, str) or all(
-        d.startswith("cuda:") for d in served["worker_devices"]
-    )
+    on_cuda = isinstance(served, str) or all_on_cuda(served["worker_devices"])
     return 0 if on_cuda and report["in_process"]["handler_device"].startswith("cuda") else 1
 
 

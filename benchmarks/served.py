@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -151,17 +153,38 @@ def running(
     mar: Path, workdir: Path, overrides: Mapping[str, str] | None = None
 ) -> Iterator[Instance]:
     """Start TorchServe with the repository's config.properties (and `overrides`) serving `mar`
-    and wait until every worker is READY; always stop it. The cold start is measured to about
-    half a second, the interval at which `serving.server` polls for READY."""
+    and wait until every worker is READY; always stop it, on Ctrl-C and SIGTERM too. The cold
+    start is measured to about half a second, the interval at which `serving.server` polls for
+    READY."""
     store = workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     settings = load_settings(server.private_instance_env(workdir, store, mar.stem), env_file=None)
     shutil.copy(mar, settings.mar_path)
     started = time.perf_counter()
+    with _sigterm_as_exit():
+        try:
+            handle = server.start_torchserve(settings, overrides=overrides)
+            cold_start = time.perf_counter() - started
+            tokens = TokenStore(settings.key_file, settings.management_url, timeout_s=2.0)
+            yield Instance(settings, psutil.Process(handle.pid), cold_start, tokens)
+        finally:
+            server.stop(settings)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit meanwhile, so that `finally` blocks run: TorchServe starts in
+    a session of its own and would outlive a benchmark killed by Python's default handler.
+    Signal handlers belong to the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        handle = server.start_torchserve(settings, overrides=overrides)
-        cold_start = time.perf_counter() - started
-        tokens = TokenStore(settings.key_file, settings.management_url, timeout_s=2.0)
-        yield Instance(settings, psutil.Process(handle.pid), cold_start, tokens)
+        yield
     finally:
-        server.stop(settings)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -81,12 +82,17 @@ def log_sizes(log_dir: Path) -> dict[str, int]:
 
 
 def _load(
-    instance: Instance, bodies: Sequence[bytes], thread: int, until: float, tally: Tally
+    instance: Instance,
+    bodies: Sequence[bytes],
+    thread: int,
+    until: float,
+    tally: Tally,
+    stop: threading.Event,
 ) -> None:
     """One caller: REST on even threads, gRPC on odd ones, through the project's client."""
     with TorchServeClient(instance.settings) as client:
         index = thread
-        while time.monotonic() < until:
+        while time.monotonic() < until and not stop.is_set():
             started = time.perf_counter()
             try:
                 client.predict(bodies[index % len(bodies)], use_grpc=thread % 2 == 1)
@@ -142,15 +148,23 @@ def soak(
 def _run_threads(
     instance: Instance, bodies: Sequence[bytes], seconds: float, threads: int, tally: Tally
 ) -> None:
-    until = time.monotonic() + seconds
+    """Load from `threads` callers for `seconds`; on an interrupt (Ctrl-C, SIGTERM) the callers
+    stop after their current request, before the server is stopped under them."""
+    until, stop = time.monotonic() + seconds, threading.Event()
     callers = [
-        threading.Thread(target=_load, args=(instance, bodies, thread, until, tally))
+        threading.Thread(target=_load, args=(instance, bodies, thread, until, tally, stop))
         for thread in range(threads)
     ]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
+    try:
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    finally:
+        stop.set()
+        for caller in callers:
+            if caller.is_alive():
+                caller.join()
 
 
 def flags(report: dict[str, Any]) -> list[str]:
@@ -227,10 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES)
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="callers, half REST and half gRPC"
+    )
     parser.add_argument("--model", type=Path, default=settings.torchscript_path)
     parser.add_argument("--results", type=Path, default=settings.results_dir)
     args = parser.parse_args(argv)
+    if not (args.minutes > 0 and math.isfinite(args.minutes)):
+        parser.error("--minutes must be a positive number")
+    if args.threads < 2 or args.threads % 2:
+        parser.error("--threads must be even and at least 2: half the callers use gRPC")
+    if not args.model.is_file():
+        print(f"error: no model at {args.model}: run `make train` first")
+        return 1
     bodies = [payload.body for payload in load_payloads(64, settings.data_dir)]
     with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
         mar = archive(args.model, Path(workdir) / "archive")

@@ -90,6 +90,13 @@ def test_any_error_in_any_served_run_fails_the_error_target() -> None:
     assert (errors["measured"], errors["met"]) == ("3", False)
 
 
+def test_a_latency_target_with_failed_requests_is_not_met() -> None:
+    entries = _entries()
+    entries[5] |= {"errors": 7, "p99_ms": 8.0}  # REST c=32: fast, but 7 requests timed out
+    p99 = _targets(entries)["REST c=32 p99"]
+    assert (p99["measured"], p99["met"]) == ("8.00 ms, 7 failed", False)
+
+
 def test_nothing_measured_is_not_a_pass() -> None:
     targets = _targets([_in_process(1, 2.0, 500.0)])
     assert all(t["met"] is None and t["measured"] == "not measured" for t in targets.values())

@@ -8,6 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from training.train import TrainConfig
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "mnist_classifier.ipynb"
 
 
@@ -31,6 +33,7 @@ def test_notebook_executes_and_shows_its_figures(
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs)
     assert "21,840 trainable parameters" in text
+    assert f"Dropout2d(p={TrainConfig().conv_dropout}," in text  # the network `make train` trains
     assert "training on 6,000 of 60,000 images" in text
     accuracy = float(text.split("test accuracy after 2 epochs: ")[1].split(" %")[0])
     assert accuracy > 80
