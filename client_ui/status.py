@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client_ui.services import ModelClient
-from serving.client import AuthorizationError, ServerUnavailableError, metric_totals
+from serving.client import (
+    AuthorizationError,
+    ServerUnavailableError,
+    ServerUnhealthyError,
+    metric_totals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ def fetch_status(client: ModelClient) -> ServerStatus:
         health = client.health()
         status.health_text = str(health.get("status", health))
         status.healthy = status.health_text.lower() == "healthy"
+    except ServerUnhealthyError as error:  # an answer: it runs, with no healthy worker
+        log.warning("status call health: %s", error)
+        status.health_text = "Unhealthy"
     except Exception as error:  # shown on the page, never raised
         status.errors.append(_problem("health", error))
     try:

@@ -73,6 +73,11 @@ class WorkerDiedError(ServerUnavailableError):
     """The worker running the request died, and it kept happening on every retry."""
 
 
+class ServerUnhealthyError(ServerUnavailableError):
+    """TorchServe answered its ping, with a 500 and ``{"status": "Unhealthy"}``: it runs, but
+    no worker of the model is healthy."""
+
+
 class InputRejectedError(TorchServeError):
     """The request was refused (4xx): `status` and the server's `message`."""
 
@@ -424,6 +429,8 @@ def _error_from_response(response: requests.Response) -> TorchServeError:
     message = str(body.get("message") or response.text.strip() or response.reason)
     if 400 <= response.status_code < 500:
         return InputRejectedError(response.status_code, message)
+    if response.status_code == 500 and body.get("status") == "Unhealthy":
+        return ServerUnhealthyError("TorchServe answered 500: Unhealthy")
     if response.status_code in (500, 507) and message.startswith(WORKER_DIED_MESSAGE):
         return WorkerDiedError(f"TorchServe answered {response.status_code}: {message}")
     return ServerUnavailableError(f"TorchServe answered {response.status_code}: {message}")

@@ -19,6 +19,7 @@ from serving.client import (
     AuthorizationError,
     InputRejectedError,
     ServerUnavailableError,
+    ServerUnhealthyError,
     TorchServeClient,
     WorkerDiedError,
 )
@@ -144,6 +145,12 @@ def test_idempotent_calls_are_retried_on_503(fake: FakeTorchServe) -> None:
     fake.answers[("GET", "/ping")] = [(503, {"message": "busy"}), (200, {"status": "Healthy"})]
     assert client_for(fake).health() == {"status": "Healthy"}
     assert [path for _, path, _ in fake.seen] == ["/ping", "/ping"]
+
+
+def test_a_ping_answered_unhealthy_is_told_apart_from_no_answer(fake: FakeTorchServe) -> None:
+    fake.answers[("GET", "/ping")] = [(500, {"status": "Unhealthy"})]
+    with pytest.raises(ServerUnhealthyError, match="Unhealthy"):
+        client_for(fake).health()
 
 
 def test_predict_is_not_retried_after_the_request_was_sent(fake: FakeTorchServe) -> None:
