@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from nicegui import run, ui
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from client_ui import queries
@@ -15,12 +17,16 @@ from client_ui.models import Prediction
 from client_ui.queries import Filters
 from client_ui.services import AppServices
 
+log = logging.getLogger(__name__)
+
 PAGE_SIZE = 20
 ANY = "any"
 DIGIT_OPTIONS = {ANY: "any", **{digit: str(digit) for digit in range(10)}}
 CORRECTNESS_OPTIONS = {ANY: "any", "right": "right", "wrong": "wrong"}
 LABEL_OPTIONS = {-1: "–", **{digit: str(digit) for digit in range(10)}}
 GONE_TEXT = "Drawing #{id} was deleted meanwhile (in another tab); nothing was changed."
+#: For a database error other than an outage (a missing table, say): its details go to the log.
+FAILED_TEXT = "The database could not do this; the error was logged."
 
 
 def register(services: AppServices) -> None:
@@ -93,6 +99,11 @@ class HistoryPage:
         except DATABASE_DOWN_ERRORS:
             if load == self.loads:
                 self.error.set_text("The database is unreachable; try again in a moment.")
+            return
+        except SQLAlchemyError:
+            log.exception("loading the history failed")
+            if load == self.loads:
+                self.error.set_text(FAILED_TEXT)
             return
         if load != self.loads:
             return
@@ -169,6 +180,10 @@ class HistoryPage:
         except DATABASE_DOWN_ERRORS:
             ui.notify("The database is unreachable; nothing was changed.", type="negative")
             return
+        except SQLAlchemyError:
+            log.exception("changing drawing #%s failed", row.id)
+            ui.notify(FAILED_TEXT, type="negative")
+            return
         if not done:
             ui.notify(GONE_TEXT.format(id=row.id), type="warning")
         await self.load()
@@ -181,6 +196,10 @@ class HistoryPage:
             )
         except DATABASE_DOWN_ERRORS:
             ui.notify("The database is unreachable; try again in a moment.", type="negative")
+            return
+        except SQLAlchemyError:
+            log.exception("the CSV export failed")
+            ui.notify(FAILED_TEXT, type="negative")
             return
         ui.download.content(text.encode("utf-8"), "predictions.csv", "text/csv")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import CheckConstraint, Column, DateTime, LargeBinary
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 
@@ -30,6 +30,17 @@ class Prediction(SQLModel, table=True):
         CheckConstraint(
             "shadow_digit IS NULL OR shadow_digit BETWEEN 0 AND 9",
             name="ck_predictions_shadow_digit",
+        ),
+        # Every column the statistics page counts: it reads this index, not the images.
+        Index(
+            "ix_predictions_statistics",
+            "model_version",
+            "timestamp",
+            "true_label",
+            "predicted_digit",
+            "confidence",
+            "shadow_version",
+            "shadow_digit",
         ),
     )
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from nicegui import run, ui
+from sqlalchemy.exc import SQLAlchemyError
 
 from client_ui import queries
 from client_ui.database import DATABASE_DOWN_ERRORS
 from client_ui.layout import browser_connected, page_frame, testid
-from client_ui.queries import ROLLING_WINDOW, ShadowComparison, Statistics
+from client_ui.queries import ROLLING_WINDOW, TIMELINE_POINTS, ShadowComparison, Statistics
 from client_ui.services import AppServices
 from client_ui.status import ServerStatus, fetch_status
+
+log = logging.getLogger(__name__)
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 
@@ -50,14 +54,14 @@ async def _fill_statistics(content: ui.column, loading: ui.label, services: AppS
     try:
         stats = await run.io_bound(services.database.call, queries.compute_statistics)
     except DATABASE_DOWN_ERRORS:
-        stats = None
+        _show_problem(loading, "The database is unreachable; statistics will be back with it.")
+        return
+    except SQLAlchemyError:  # a missing table, say: the page must not stay "Loading" for ever
+        log.exception("the statistics could not be read")
+        _show_problem(loading, "The statistics could not be read; the error was logged.")
+        return
     loading.delete()
     with content:
-        if stats is None:
-            ui.label("The database is unreachable; statistics will be back with it.").classes(
-                "text-red-700 font-bold"
-            )
-            return
         _counts(stats)
         with ui.row().classes("w-full gap-4"):  # two cards side by side, wrapped on a phone
             _per_digit_chart(stats)
@@ -70,6 +74,12 @@ async def _fill_statistics(content: ui.column, loading: ui.label, services: AppS
             _accuracy_per_day_by_version(stats)
         for shadow in reversed(stats.shadows.values()):  # the newest candidate first
             _shadow_comparison(shadow)
+
+
+def _show_problem(loading: ui.label, text: str) -> None:
+    """In place of the loading label; the error itself is for the log, not the page."""
+    loading.set_text(text)
+    loading.classes(replace="text-red-700 font-bold")
 
 
 def _status_panel(status: ServerStatus) -> None:
@@ -170,7 +180,8 @@ def _matrix_cell(count: int, largest: int, *, right: bool) -> None:
 def _accuracy_over_time(stats: Statistics) -> None:
     points = [[stamp.isoformat(), round(accuracy, 3)] for stamp, accuracy in stats.timeline]
     _chart_card(
-        f"Accuracy over time (last {ROLLING_WINDOW} labelled drawings)",
+        f"Accuracy over the last {TIMELINE_POINTS} labelled drawings"
+        f" (each point: the last {ROLLING_WINDOW} up to it)",
         {
             "animation": False,
             "tooltip": {"trigger": "axis"},
@@ -197,25 +208,18 @@ def _confidence_chart(stats: Statistics) -> None:
                     "name": "right",
                     "type": "bar",
                     "color": "#16a34a",
-                    "data": _histogram(stats.confidence_right),
+                    "data": stats.histogram_right,
                 },
                 {
                     "name": "wrong",
                     "type": "bar",
                     "color": "#dc2626",
-                    "data": _histogram(stats.confidence_wrong),
+                    "data": stats.histogram_wrong,
                 },
             ],
         },
         "chart-confidence",
     )
-
-
-def _histogram(values: list[float]) -> list[int]:
-    counts = [0] * 10
-    for value in values:
-        counts[min(int(value * 10), 9)] += 1
-    return counts
 
 
 def _versions_table(stats: Statistics) -> None:
@@ -237,7 +241,7 @@ def _versions_table(stats: Statistics) -> None:
             ("drawings", "Drawings"),
             ("labelled", "Labelled"),
             ("accuracy", "Accuracy"),
-            ("first", "First labelled"),
+            ("first", "First labelled (UTC)"),
         )
     ]
     with ui.card().classes("flex-1 min-w-[300px] max-w-full"):  # on a phone the table scrolls
@@ -262,7 +266,7 @@ def _accuracy_per_day_by_version(stats: Statistics) -> None:
         if record.days
     ]
     _chart_card(
-        "Accuracy per day, by model version",
+        "Accuracy per UTC day, by model version",
         {
             "animation": False,
             "tooltip": {"trigger": "axis"},

@@ -100,7 +100,7 @@ def test_a_database_from_before_migrations_upgrades_in_place(empty_url: str) -> 
         "predicted_digit": 3, "true_label": 5, "model_version": "1.0",
     }  # fmt: skip
     assert kept["shadow_version"] is None and kept["shadow_digit"] is None
-    assert version == "0003"
+    assert version == "0004"
     assert schema_differences(empty_url) == []
 
 

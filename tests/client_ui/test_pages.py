@@ -15,6 +15,7 @@ import pytest
 from nicegui import Client, ui
 from nicegui.testing.user import User
 from nicegui.testing.user_simulation import user_simulation
+from sqlalchemy.exc import ProgrammingError
 
 from client_ui import draw, history, layout, main, queries, statistics
 from client_ui.canvas import DrawingCanvas, Snapshot
@@ -442,6 +443,33 @@ async def test_a_failing_page_shows_no_exception_text_or_trace(
     assert "Something went wrong" in response.text
     assert "internal detail" not in response.text and "RuntimeError" not in response.text
     assert "internal detail" in caplog.text, "the error must reach the log"
+
+
+def fails_like_a_missing_table(*args: object) -> None:
+    """What PostgreSQL answers when the table is not there: a bad statement, not an outage."""
+    raise ProgrammingError("SELECT ...", {}, Exception('relation "predictions" does not exist'))
+
+
+@pytest.mark.parametrize(
+    ("path", "query"), [("/statistics", "compute_statistics"), ("/history", "count_predictions")]
+)
+async def test_a_database_error_other_than_an_outage_is_shown_briefly_and_logged(
+    path: str,
+    query: str,
+    services: AppServices,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(queries, query, fails_like_a_missing_table)
+    async with user_simulation() as simulated:
+        main.register_pages(services)
+        await simulated.open(path)
+        await simulated.should_see("the error was logged", retries=DATABASE_RETRIES)
+        await simulated.should_not_see("Loading statistics")
+        shown = _texts(simulated)
+    assert "relation" not in shown and "ProgrammingError" not in shown
+    [error] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert error.exc_info is not None, "the log needs the traceback"
 
 
 async def test_statistics_page_says_when_the_model_server_hangs(
