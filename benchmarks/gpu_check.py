@@ -53,7 +53,8 @@ def train_one_epoch(model_path: Path) -> str:
 def served_on_gpu(mar: Path, workdir: Path, samples: list[tuple[bytes, int]]) -> dict[str, Any]:
     """A private TorchServe with one GPU: the workers' devices, accuracy and REST latency."""
     with running(mar, workdir, overrides={"number_of_gpu": "1"}) as instance:
-        model_log = worker_log(instance.settings.log_dir / "model_log.log")
+        workers = len(instance.frontend.children())  # the JVM starts each worker process
+        model_log = worker_log(instance.settings.log_dir / "model_log.log", workers)
         devices = sorted(set(WORKER_DEVICE.findall(model_log)))
         url = f"{instance.settings.inference_url}/predictions/{mar.stem}"
         latencies, correct = [], 0
@@ -73,12 +74,13 @@ def served_on_gpu(mar: Path, workdir: Path, samples: list[tuple[bytes, int]]) ->
     }
 
 
-def worker_log(path: Path) -> str:
-    """The workers' log once it says where the model was loaded, or as it is after LOG_WAIT_S."""
+def worker_log(path: Path, workers: int) -> str:
+    """The workers' log once each of `workers` said where it loaded the model, or as it is
+    after LOG_WAIT_S."""
     deadline = time.monotonic() + LOG_WAIT_S
     while True:
         text = path.read_text() if path.is_file() else ""
-        if WORKER_DEVICE.search(text) or time.monotonic() > deadline:
+        if len(WORKER_DEVICE.findall(text)) >= workers or time.monotonic() > deadline:
             return text
         time.sleep(0.2)
 

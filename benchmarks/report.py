@@ -78,7 +78,7 @@ def evaluate_targets(entries: list[Entry]) -> list[Entry]:
         value = entry[key] if entry else None
         met = None if value is None else value <= bound if relation == "<=" else value >= bound
         shown = None if value is None else f"{value:,.2f} {unit}"
-        if entry and entry.get("errors"):
+        if value is not None and entry and entry.get("errors"):
             # Latencies are of answered requests only: failed ones would hide in the figure.
             met, shown = False, f"{shown}, {entry['errors']:,} failed"
         targets.append(_target(name, f"{relation} {bound:,g} {unit}", shown, met))

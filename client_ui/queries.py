@@ -253,8 +253,8 @@ _RIGHT = col(Prediction.true_label) == col(Prediction.predicted_digit)
 def compute_statistics(session: Session) -> Statistics:
     """Counted by the database, grouped, in three passes over an index that holds the columns
     counted (client_ui/models.py), and a timeline of bounded length: the memory held does not
-    grow with the rows, and the time grows slowly (all rows in Python took longer than
-    DB_TIMEOUT at a few hundred thousand, and the page said the database was down)."""
+    grow with the rows, and the time grows slowly (every row read into Python outgrew
+    DB_TIMEOUT, and the page said the database was down; figures in docs/app.md)."""
     stats = Statistics()
     _add_versions(session, stats)
     _add_labelled(session, stats)

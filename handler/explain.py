@@ -18,7 +18,7 @@ import torch
 from handler.preprocessing import normalise
 
 # Midpoint steps for the attributions to add up to the logit difference within 2 % on the
-# served model, in one batched pass (64 missed that on a third of digits; docs/confidence.md).
+# served model, in one batched pass (fewer miss it; figures in docs/confidence.md).
 DEFAULT_STEPS = 256
 # Exactly the value preprocessing gives a pixel without ink, so such pixels get exactly zero.
 BLACK = float(normalise(np.zeros((1, 1), dtype=np.uint8)).item())

@@ -8,8 +8,8 @@ sends is brought to that form here, by the handler, the in-process predictor and
    as the EXIF orientation says;
 2. flatten alpha: a browser canvas is ink on TRANSPARENT pixels, so transparency is composited
    onto a background that contrasts with the ink colour, which turns alpha into ink signal;
-3. grayscale, then polarity: the ink runs the way furthest from the border's level; dark ink
-   is inverted;
+3. grayscale, then polarity from the border: a light border means dark ink (unless there is
+   none, and ink runs the other way), which is inverted;
 4. crop to the ink's bounding box (a relative threshold ignores JPEG noise), scale the longer
    side to 20 px with anti-aliasing, stretch the contrast, centre by mass in 28x28;
 5. normalise exactly like training: ``(uint8 / 255 - 0.1307) / 0.3081`` in float32.
@@ -72,6 +72,16 @@ MAX_PEN_CHANGE = 3.0
 
 # Ink weaker than this (0-255, after removing the background) counts as no drawing at all.
 MIN_INK_CONTRAST = 24
+# EXIF orientations 2-8 (TIFF 6.0's tag 274): the turn that shows the stored pixels upright.
+EXIF_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # Pixels below this fraction of the strongest ink are noise (JPEG ringing, paper texture).
 NOISE_FRACTION = 0.2
 
@@ -105,8 +115,8 @@ def decode_image(data: bytes) -> Image.Image:
     image = _open_header(data)
     _check_dimensions(*image.size)
     _check_scans(data, image)
-    upright = _stored_upright(image)
-    decoded = _decode_png_fast(data, image) if upright else None
+    turn = _stored_turned(image)
+    decoded = _decode_png_fast(data, image) if turn is None else None
     if decoded is not None:
         return decoded
     try:
@@ -117,19 +127,21 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidInputError(
             "truncated", f"the {image.format} image is truncated or corrupt"
         ) from error
-    return image if upright else ImageOps.exif_transpose(image)
+    return image if turn is None else image.transpose(turn)
 
 
-def _stored_upright(image: Image.Image) -> bool:
-    """False when the header's EXIF says the pixels are stored turned or mirrored, as a phone
-    camera stores a photo taken sideways. A PNG's EXIF is read only from before its pixels, so
-    the header alone is read; an unreadable EXIF counts as upright."""
+def _stored_turned(image: Image.Image) -> Image.Transpose | None:
+    """How to turn the pixels upright when the header's EXIF says they are stored turned or
+    mirrored, as a phone camera stores a photo taken sideways; None when upright. A PNG's EXIF
+    is read only from before its pixels, so the header alone is read; an unreadable EXIF
+    counts as upright, and the EXIF is never written back (a slightly odd one could not be)."""
     if image.format == "PNG" and "exif" not in image.info:
-        return True
+        return None
     try:
-        return image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
-        return True
+        return None
+    return EXIF_TURNS.get(orientation) if isinstance(orientation, int) else None
 
 
 def declared_pixels(data: bytes) -> int:
@@ -352,8 +364,8 @@ def _has_alpha(image: Image.Image) -> bool:
 
 def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.Image:
     """Ink strength 0-255 on a 0 background. The background level is the compositing's when
-    known, else the border's; the ink runs the way that reaches furthest from it (dark ink on
-    grey paper too), a tie going by the background (a light one means dark ink).
+    known, else the border's; a light background means dark ink, unless none is there and
+    ink runs the other way (dark ink on grey paper): one glare pixel never turns the reading.
 
     One lookup table does the inversion, the background removal and, with `noise_floor`, the
     cut of everything below a fraction of the strongest ink (JPEG ringing, paper texture).
@@ -364,9 +376,10 @@ def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.
         background = int(np.median(border))
     darkest, lightest = gray.getextrema()
     levels = np.arange(256)
-    dark_ink = background - darkest, background > 127
-    light_ink = lightest - background, background <= 127
-    if dark_ink > light_ink:
+    dark_ink = background > 127
+    if max(background - darkest if dark_ink else lightest - background, 0) < MIN_INK_CONTRAST:
+        dark_ink = not dark_ink  # dark ink on paper darker than mid-grey, or chalk on light
+    if dark_ink:
         strength, peak = background - levels, background - darkest
     else:
         strength, peak = levels - background, lightest - background

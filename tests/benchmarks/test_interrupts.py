@@ -98,6 +98,16 @@ def test_gpu_check_passes_only_workers_that_said_they_loaded_on_cuda(
     assert gpu_check.all_on_cuda(devices) is on_cuda
 
 
+def test_gpu_check_waits_for_every_worker_to_say_its_device(tmp_path: Path) -> None:
+    log = tmp_path / "model_log.log"
+    log.write_text("... MNIST model 1.0 loaded on cuda:0\n")
+    threading.Timer(
+        0.5, lambda: log.write_text(log.read_text() + "... MNIST model 1.0 loaded on cpu\n")
+    ).start()
+    text = gpu_check.worker_log(log, workers=2)
+    assert gpu_check.WORKER_DEVICE.findall(text) == ["cuda:0", "cpu"]
+
+
 def test_gpu_check_reads_the_device_whatever_it_is() -> None:
     log = "... MNIST model 1.0 loaded on cpu\n... MNIST model 1.0 loaded on cuda:1\n"
     assert gpu_check.WORKER_DEVICE.findall(log) == ["cpu", "cuda:1"]

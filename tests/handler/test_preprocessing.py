@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFile
+from PIL import Image, ImageDraw, ImageFile, TiffImagePlugin
 
 from handler import preprocessing
 from handler.preprocessing import (
@@ -105,16 +105,48 @@ def test_ink_on_grey_paper_is_found_whichever_way_it_runs(paper: int, ink: int) 
     assert ink_box(pixels) == (20, 2) and pixels.max() == 255
 
 
+def test_one_glare_pixel_does_not_turn_the_ink_around() -> None:
+    sheet = np.full((280, 280), 170, dtype=np.uint8)  # grey paper, a pencil stroke, one glare
+    sheet[40:240, 130:150] = 100
+    sheet[10, 10] = 255
+    pixels = to_mnist_pixels(decode_image(encode(Image.fromarray(sheet))))
+    assert ink_box(pixels) == (20, 2)
+
+
+def seven_stored_sideways(exif: bytes, image_format: str) -> tuple[bytes, bytes]:
+    """A 7 upright, and the same turned as a camera stores it, with `exif` saying so."""
+    upright = Image.new("L", (200, 300), 255)
+    ImageDraw.Draw(upright).line([(40, 60), (160, 60), (80, 260)], fill=0, width=14)
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    return encode(upright, image_format), encode(sideways, image_format, exif=exif)
+
+
+def orientation_6(*extra: tuple[int, object]) -> bytes:
+    """EXIF saying "turn 90 degrees clockwise to view", with `extra` tags."""
+    tags = Image.Exif()
+    tags[0x0112] = 6
+    for tag, value in extra:
+        tags[tag] = value
+    return tags.tobytes()
+
+
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
 def test_a_photo_stored_sideways_is_read_upright(image_format: str) -> None:
     """Phones store a photo as the sensor read it, with an EXIF tag saying how to turn it."""
-    upright = Image.new("L", (200, 300), 255)
-    ImageDraw.Draw(upright).line([(40, 60), (160, 60), (80, 260)], fill=0, width=14)  # a 7
-    tag = Image.Exif()
-    tag[0x0112] = 6  # "turn 90 degrees clockwise to view"
-    sideways = upright.transpose(Image.Transpose.ROTATE_90)
-    stored = encode(sideways, image_format, exif=tag.tobytes())
-    expected = to_mnist_pixels(decode_image(encode(upright, image_format)))
+    upright, stored = seven_stored_sideways(orientation_6(), image_format)
+    expected = to_mnist_pixels(decode_image(upright))
+    difference = np.abs(to_mnist_pixels(decode_image(stored)).astype(int) - expected)
+    assert difference.mean() < 2.0
+
+
+def test_a_photo_whose_exif_could_not_be_written_back_is_still_turned() -> None:
+    """A resolution tag renumbered as a tag of another type: Pillow reads it, but cannot write
+    the EXIF back, as its `exif_transpose` does."""
+    exif = orientation_6((0x011A, TiffImagePlugin.IFDRational(72)))
+    odd = exif.replace(b"\x01\x1a\x00\x05", b"\x01\x41\x00\x05")  # XResolution -> 0x0141
+    assert odd != exif
+    upright, stored = seven_stored_sideways(odd, "JPEG")
+    expected = to_mnist_pixels(decode_image(upright))
     difference = np.abs(to_mnist_pixels(decode_image(stored)).astype(int) - expected)
     assert difference.mean() < 2.0
 

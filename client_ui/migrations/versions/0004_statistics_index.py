@@ -1,6 +1,6 @@
 """An index holding every column the statistics page counts: its grouped queries read the
-index, not the rows with their images, which on SQLite took longer than DB_TIMEOUT at a few
-hundred thousand drawings (docs/app.md).
+index, not the rows with their images, which on SQLite is what keeps them within DB_TIMEOUT
+on a large table (figures in docs/app.md).
 
 Revision ID: 0004
 Revises: 0003
