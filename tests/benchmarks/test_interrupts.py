@@ -57,10 +57,15 @@ def test_an_interrupted_soak_stops_its_callers(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(soak, "TorchServeClient", Client)
     instance = SimpleNamespace(settings=None)
-    interrupt = threading.Timer(0.2, lambda: signal.raise_signal(signal.SIGINT))
+    # Ctrl-C as Python sets it up in a terminal (a job started in the background ignores it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     interrupt.start()
-    with pytest.raises(KeyboardInterrupt):
-        soak._run_threads(instance, [b"digit"], 60.0, 2, soak.Tally())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            soak._run_threads(instance, [b"digit"], 60.0, 2, soak.Tally())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     count = len(sent)
     time.sleep(0.2)
     assert 0 < count == len(sent)
