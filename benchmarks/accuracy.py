@@ -30,11 +30,10 @@ from benchmarks.served import running
 from config import get_settings
 from serving.archive import build_archive
 from serving.client import TorchServeClient
-from training.drawings import STYLES, drawings, load_mnist_test
+from training.drawings import STYLES, drawings, load_mnist_test, spread_step
 
 CALLERS = 8
 DIGITS = {str(digit) for digit in range(10)}
-MNIST_TEST_COUNT = 10_000
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -110,7 +109,7 @@ def measure(
         mar = build_archive(model_path, Path(workdir) / "archive", "mnist", "accuracy")
         with running(mar, Path(workdir) / "torchserve") as instance:
             client = TorchServeClient(instance.settings)
-            every = len(labels) // per_style
+            every = spread_step(per_style)
             plain = [(png(image), int(label)) for image, label in zip(images, labels, strict=True)]
             figures = {
                 "mnist_test": served_accuracy(client, plain),
@@ -187,11 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--styles names no style")
     if unknown := sorted(set(styles) - set(STYLES)):
         parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
-    if not 1 <= args.per_style <= MNIST_TEST_COUNT or MNIST_TEST_COUNT % args.per_style:
-        # Every (10,000 / N)-th test digit is read: the first test digits are harder than the last.
-        parser.error(
-            f"--per-style must divide {MNIST_TEST_COUNT:,}, so that the digits are spread evenly"
-        )
+    try:
+        spread_step(args.per_style)
+    except ValueError as error:
+        parser.error(f"--per-style {error}")
     try:
         labelled = {f"images/{path.stem}": labelled_images(path) for path in args.images}
     except (OSError, ValueError) as error:

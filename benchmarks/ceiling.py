@@ -29,8 +29,8 @@ from model.calibration import served_model
 from model.net import MnistNet, count_parameters
 from model.torchscript import load_torchscript
 from training.calibration import DEFAULT_HOLDOUT, logits_of, redrawn
-from training.data import TEST_COUNT, TRAIN_COUNT, MnistSplit, load_mnist
-from training.drawings import STYLES, drawings
+from training.data import TRAIN_COUNT, MnistSplit, load_mnist
+from training.drawings import STYLES, drawings, spread_step
 from training.train import TrainConfig, fit, seed_everything
 
 
@@ -110,7 +110,7 @@ def measure(
     # The training digits `make train` uses: all but the calibration's held-out tail.
     kept = min(config.train_subset or TRAIN_COUNT, TRAIN_COUNT - DEFAULT_HOLDOUT)
     train = MnistSplit(train.images[:kept], train.labels[:kept])
-    every = TEST_COUNT // per_style
+    every = spread_step(per_style)
     with ProcessPoolExecutor() as pool:
         jobs = [(style, per_style, seed, every, data_dir) for style in styles]
         drawn = dict(zip(styles, pool.map(drawn_pixels, *zip(*jobs, strict=True)), strict=True))
@@ -187,11 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown styles {', '.join(unknown)}; known: {', '.join(STYLES)}")
     if not styles:
         parser.error("--styles names no style")
-    if not 1 <= args.per_style <= TEST_COUNT or TEST_COUNT % args.per_style:
-        # Every (10,000 / N)-th test digit is read: the first test digits are harder than the last.
-        parser.error(
-            f"--per-style must divide {TEST_COUNT:,}, so that the digits are spread evenly"
-        )
+    try:
+        spread_step(args.per_style)
+    except ValueError as error:
+        parser.error(f"--per-style {error}")
     if not 1 <= args.training_count <= TRAIN_COUNT - DEFAULT_HOLDOUT:
         parser.error(f"--training-count must be from 1 to {TRAIN_COUNT - DEFAULT_HOLDOUT}")
     if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):

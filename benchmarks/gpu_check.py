@@ -31,10 +31,9 @@ from config import PROJECT_ROOT, get_settings
 from handler.mnist_handler import MNISTHandler
 from model.predictor import MNISTPredictor
 from serving.archive import build_archive
-from training.drawings import drawings
+from training.drawings import drawings, spread_step
 
 WORKER_DEVICE = re.compile(r"MNIST model \S+ loaded on (\S+)")
-MNIST_TEST_COUNT = 10_000
 # The worker log reaches its file shortly after the worker reports READY.
 LOG_WAIT_S = 10.0
 
@@ -122,14 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="drawings sent (default: 1000)")
     args = parser.parse_args(argv)
-    if not 1 <= args.samples <= MNIST_TEST_COUNT or MNIST_TEST_COUNT % args.samples:
-        parser.error(f"--samples must divide {MNIST_TEST_COUNT:,}, so that the digits are spread")
+    try:
+        every = spread_step(args.samples)
+    except ValueError as error:
+        parser.error(f"--samples {error}")
     if not torch.cuda.is_available():
         print("No CUDA GPU here (torch.cuda.is_available() is False): nothing to check.")
         return 1
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     print(f"GPU: {report['gpu']}, torch {report['torch']}", flush=True)
-    samples = drawings("black_on_white", args.samples, every=MNIST_TEST_COUNT // args.samples)
+    samples = drawings("black_on_white", args.samples, every=every)
     with tempfile.TemporaryDirectory(prefix="mnist-gpu-check-") as workspace:
         workdir = Path(workspace)
         model_path = workdir / "mnist_cnn.pt"

@@ -376,13 +376,14 @@ def _ink(gray: Image.Image, background: int | None, noise_floor: bool) -> Image.
         background = int(np.median(border))
     darkest, lightest = gray.getextrema()
     levels = np.arange(256)
+    dark_peak, light_peak = background - darkest, lightest - background
     dark_ink = background > 127
-    if max(background - darkest if dark_ink else lightest - background, 0) < MIN_INK_CONTRAST:
+    if (dark_peak if dark_ink else light_peak) < MIN_INK_CONTRAST:
         dark_ink = not dark_ink  # dark ink on paper darker than mid-grey, or chalk on light
     if dark_ink:
-        strength, peak = background - levels, background - darkest
+        strength, peak = background - levels, dark_peak
     else:
-        strength, peak = levels - background, lightest - background
+        strength, peak = levels - background, light_peak
     if peak < MIN_INK_CONTRAST:
         raise InvalidInputError("blank", "the drawing is blank: no ink was found")
     if noise_floor:

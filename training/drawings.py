@@ -24,7 +24,7 @@ from scipy.ndimage import distance_transform_edt
 from skimage.morphology import skeletonize
 
 from config import get_settings
-from training.data import load_split
+from training.data import TEST_COUNT, load_split
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -97,6 +97,14 @@ def load_mnist_test(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarra
     """MNIST's 10,000 test images (uint8, Nx28x28) and labels, as training reads them."""
     test = load_split(data_dir or get_settings().data_dir, train=False)
     return test.images.numpy(), test.labels.numpy()
+
+
+def spread_step(count: int) -> int:
+    """The `every` that spreads `count` digits evenly over MNIST's test set, whose first digits
+    are harder than its last; ValueError unless `count` divides the test set."""
+    if not 1 <= count <= TEST_COUNT or TEST_COUNT % count:
+        raise ValueError(f"must divide {TEST_COUNT:,}, so that the digits are spread evenly")
+    return TEST_COUNT // count
 
 
 def drawings(

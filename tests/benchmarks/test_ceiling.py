@@ -19,6 +19,7 @@ from training.train import TrainConfig
         (["--styles", "thin_stroke,no_such_style"], "unknown styles no_such_style"),
         (["--training-style", "felt_tip"], "unknown styles felt_tip"),
         (["--train-subset", "100", "--training-count", "200"], "cannot exceed --train-subset"),
+        (["--per-style", "300"], "--per-style must divide 10,000"),
     ],
 )
 def test_what_it_cannot_measure_is_refused(
